@@ -1,0 +1,65 @@
+"""Thin Orbax layer: the training CheckpointManager, params-only loads, standalone params dirs.
+
+A training checkpoint is a Composite of items:
+  params     the model parameters (what encode/eval/soup/export load on their own)
+  opt_state  the optimizer state
+  train      step and RNG key
+  data       every host's input-iterator position (gembed.data.iterator_handler; optional)
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+CHECKPOINT_SUBDIR = "checkpoints"
+
+
+def make_manager(workdir: str, save_every: int, keep: int, async_save: bool = True,
+                 extra_handlers: dict | None = None) -> ocp.CheckpointManager:
+  handlers = {
+      "params": ocp.StandardCheckpointHandler(),
+      "opt_state": ocp.StandardCheckpointHandler(),
+      "train": ocp.StandardCheckpointHandler(),
+      **(extra_handlers or {}),
+  }
+  options = ocp.CheckpointManagerOptions(
+      save_interval_steps=save_every,
+      max_to_keep=keep,
+      enable_async_checkpointing=async_save,
+      create=True,
+  )
+  return ocp.CheckpointManager(
+      os.path.abspath(os.path.join(workdir, CHECKPOINT_SUBDIR)),
+      item_names=tuple(handlers), item_handlers=handlers, options=options)
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+  """Finished checkpoint steps in a workdir (in-progress temporaries are ignored)."""
+  root = os.path.join(workdir, CHECKPOINT_SUBDIR)
+  if not os.path.isdir(root):
+    return []
+  return sorted(ocp.utils.checkpoint_steps(root))
+
+
+def load_workdir_params(workdir: str, step: int) -> dict:
+  """Only the `params` item of one training checkpoint, as host numpy arrays."""
+  path = os.path.join(os.path.abspath(workdir), CHECKPOINT_SUBDIR, str(step), "params")
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"{workdir}: no checkpoint for step {step} (have {checkpoint_steps(workdir)})")
+  return load_params(path)
+
+
+def save_params(path: str, params) -> None:
+  """Parameters alone, as a standalone Orbax checkpoint (soups, imported models)."""
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(os.path.abspath(path), params, force=True)
+
+
+def load_params(path: str) -> dict:
+  with ocp.StandardCheckpointer() as checkpointer:
+    restored = checkpointer.restore(os.path.abspath(path))
+  return jax.tree_util.tree_map(np.asarray, restored)

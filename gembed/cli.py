@@ -1,0 +1,104 @@
+"""`gembed` command line: encode, train, eval (see docs/cli.md)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+import numpy as np
+
+MODEL_ALIASES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+
+
+def resolve_model_arg(spec: str) -> str:
+  """The shipped checkpoint may be named instead of given as a path (it is never downloaded)."""
+  if spec in MODEL_ALIASES and not os.path.exists(spec):
+    from gembed.modeldir import default_model_dir
+    return default_model_dir()
+  return spec
+
+
+def _encode(args) -> int:
+  from gembed import modeldir
+  from gembed.encode import TextEncoder
+  from gembed.textio import read_texts
+
+  texts = read_texts(args.input)
+  info, params = modeldir.load_model(resolve_model_arg(args.model))
+  encoder = TextEncoder(info, params, batch_size=args.batch_size, max_length=args.max_length)
+  normalize = info.normalize and not args.no_normalize
+  embeddings = encoder.encode(texts, task=args.task, dim=args.dim, normalize=normalize,
+                              progress=not args.quiet)
+  out_dir = os.path.dirname(os.path.abspath(args.output))
+  os.makedirs(out_dir, exist_ok=True)
+  np.save(args.output, embeddings)
+  print(f"wrote {embeddings.shape[0]} x {embeddings.shape[1]} float32 embeddings to {args.output}",
+        file=sys.stderr)
+  return 0
+
+
+def _train(args) -> int:
+  from gembed import main as train_main
+  return train_main.run(["gembed train", *args.rest])
+
+
+def _eval(args) -> int:
+  from gembed.evaluation.run import run_cli
+  return run_cli(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="gembed", description="Train and use text embedding models.")
+  parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+  sub = parser.add_subparsers(dest="command", required=True)
+
+  enc = sub.add_parser("encode", help="embed texts (.txt: one per line; .jsonl: a 'text' field)")
+  enc.add_argument("--model", required=True, help="model directory, workdir[@best|@STEP], or "
+                   "all-MiniLM-L6-v2 (the shipped checkpoint)")
+  enc.add_argument("--input", required=True)
+  enc.add_argument("--output", required=True, help=".npy file, one row per input line")
+  enc.add_argument("--task", default=None, help="encode as queries with this task's prompt "
+                   "(models trained with prompts); default: encode as documents")
+  enc.add_argument("--dim", type=int, default=None, help="keep the first D values (MRL) and re-normalise")
+  enc.add_argument("--batch-size", type=int, default=64)
+  enc.add_argument("--max-length", type=int, default=None, help="default: the model's max length")
+  enc.add_argument("--no-normalize", action="store_true", help="return raw (unnormalised) vectors")
+  enc.add_argument("--quiet", action="store_true", help="no progress bar")
+  enc.set_defaults(func=_encode)
+
+  train = sub.add_parser("train", help="train (same flags as python -m gembed.main)",
+                         add_help=False)
+  train.add_argument("rest", nargs=argparse.REMAINDER)
+  train.set_defaults(func=_train)
+
+  ev = sub.add_parser("eval", help="MTEB-style evaluation at every MRL dimension")
+  ev.add_argument("--model", required=True)
+  ev.add_argument("--data", required=True, help="directory in the layout of shared/data")
+  ev.add_argument("--output", required=True)
+  ev.add_argument("--tasks", nargs="*", default=None,
+                  help="task names or prefixes (e.g. sts/stsb retrieval); default: all found")
+  ev.add_argument("--dims", nargs="*", type=int, default=None,
+                  help="default: the model's MRL dims, else its full width")
+  ev.add_argument("--batch-size", type=int, default=64)
+  ev.add_argument("--max-length", type=int, default=None)
+  ev.set_defaults(func=_eval)
+  return parser
+
+
+def main(argv=None) -> int:
+  args = build_parser().parse_args(argv)
+  logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                      format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  from gembed.textio import InputError
+  from gembed.models.hf_import import CheckpointImportError
+  try:
+    return args.func(args)
+  except (InputError, CheckpointImportError, FileNotFoundError, ValueError) as e:
+    print(f"gembed {args.command}: error: {e}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())

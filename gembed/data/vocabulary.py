@@ -1,0 +1,67 @@
+"""The checkpoint's tokenizer as a `seqio.Vocabulary`.
+
+Token ids come from gembed.tokenizer.Tokenizer (the encode path's tokenizer), so SeqIO tasks
+and `gembed encode` give identical ids, [CLS]/[SEP]-style special tokens and truncation
+included. SeqIO's `tokenize` preprocessor adds no special tokens of its own.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from gembed.tokenizer import Tokenizer
+
+
+class HfTokenizerVocabulary(seqio.Vocabulary):
+  """`seqio.Vocabulary` over a Hugging Face `tokenizer.json`."""
+
+  def __init__(self, tokenizer_file: str, max_length: int):
+    self.tokenizer = Tokenizer(tokenizer_file, max_length)
+    super().__init__(extra_ids=0)
+
+  @property
+  def eos_id(self):
+    return None  # SEP is added by the tokenizer's post-processor, never appended by SeqIO
+
+  @property
+  def unk_id(self):
+    return None
+
+  @property
+  def pad_id(self) -> int:
+    return self.tokenizer.pad_id
+
+  @property
+  def _base_vocab_size(self) -> int:
+    return self.tokenizer.vocab_size
+
+  def _encode(self, s: str):
+    return self.tokenizer.encode([s])[0][0]
+
+  def _decode(self, ids):
+    return self.tokenizer.decode([int(i) for i in ids])
+
+  def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
+    def encode(x):
+      return np.asarray(self._encode(x.numpy().decode("utf-8")), np.int32)
+
+    ids = tf.py_function(encode, [s], tf.int32)
+    ids.set_shape([None])
+    return ids
+
+  def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
+    def decode(x):
+      return self._decode(x.numpy().tolist())
+
+    text = tf.py_function(decode, [ids], tf.string)
+    text.set_shape([])
+    return text
+
+  def __eq__(self, other):
+    return (isinstance(other, HfTokenizerVocabulary) and other.tokenizer.path == self.tokenizer.path
+            and other.tokenizer.max_length == self.tokenizer.max_length)
+
+  def __hash__(self):
+    return hash((self.tokenizer.path, self.tokenizer.max_length))

@@ -1,0 +1,109 @@
+"""Encoding texts into embeddings: the life of an encode call (docs/architecture.md).
+
+texts -> prompt/format -> tokenise all at once (Rust, multi-threaded) -> sort by length ->
+batches padded to a length bucket and to a fixed row count -> jitted forward, dispatched
+asynchronously (the host prepares batch i+1 while the device runs batch i) -> unsort ->
+optional prefix truncation to an MRL dimension -> L2 normalisation.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from gembed.modeldir import ModelInfo
+from gembed.models.embedder import apply_model
+from gembed.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def truncate_and_normalize(embeddings: np.ndarray, dim: int | None, normalize: bool) -> np.ndarray:
+  """Keeps the first `dim` values (a Matryoshka prefix) and re-normalises."""
+  if dim:
+    if dim > embeddings.shape[-1]:
+      raise ValueError(f"--dim {dim} exceeds the embedding width {embeddings.shape[-1]}")
+    embeddings = embeddings[..., :dim]
+  if normalize:
+    norms = np.linalg.norm(embeddings, axis=-1, keepdims=True)
+    embeddings = embeddings / np.maximum(norms, 1e-12)
+  return embeddings.astype(np.float32)
+
+
+class TextEncoder:
+  """Embeds lists of texts with one model; reusable across calls (compiled shapes are cached)."""
+
+  def __init__(self, info: ModelInfo, params, batch_size: int = 64, max_length: int | None = None,
+               devices=None):
+    self.info = info
+    self.max_length = min(max_length or info.max_length, info.config.max_position)
+    self.tokenizer = Tokenizer(info.tokenizer_file, self.max_length)
+    devices = devices if devices is not None else jax.devices()
+    self.mesh = Mesh(np.asarray(devices), ("data",))
+    # Fixed row count (a multiple of the device count): the last batch is padded, not recompiled.
+    n = len(devices)
+    self.batch_size = max(n, -(-batch_size // n) * n)
+    self.params = jax.device_put(params, NamedSharding(self.mesh, P()))
+    self._batch_sharding = NamedSharding(self.mesh, P("data"))
+    config = info.config
+    self._forward = jax.jit(lambda p, ids, mask: apply_model(config, p, ids, mask))
+
+  @property
+  def dim(self) -> int:
+    return self.info.config.embedding_dim
+
+  def embed_raw(self, texts: list[str], progress: bool = False) -> np.ndarray:
+    """Unnormalised full-width embeddings of already formatted texts, in input order."""
+    if not texts:
+      return np.zeros((0, self.dim), np.float32)
+    ids, truncated = self.tokenizer.encode(texts)
+    if truncated:
+      log.warning("%d of %d texts were truncated to %d tokens", truncated, len(texts), self.max_length)
+    order = np.argsort([len(x) for x in ids], kind="stable")
+    starts = range(0, len(order), self.batch_size)
+    bar = _progress(len(starts), progress)
+    outputs = []
+    for start in starts:
+      rows = order[start:start + self.batch_size]
+      batch = self.tokenizer.pad([ids[i] for i in rows], rows=self.batch_size)
+      input_ids = jax.device_put(batch.input_ids, self._batch_sharding)
+      mask = jax.device_put(batch.attention_mask, self._batch_sharding)
+      outputs.append((rows, self._forward(self.params, input_ids, mask)))  # async dispatch
+      bar.update(1)
+    bar.close()
+    result = np.empty((len(texts), self.dim), np.float32)
+    for rows, out in outputs:
+      result[rows] = np.asarray(out)[:len(rows)]
+    return result
+
+  def encode(self, texts: list[str], *, task: str | None = None, dim: int | None = None,
+             normalize: bool = True, progress: bool = False) -> np.ndarray:
+    """Queries when `task` is given (the model's query prompt), else documents."""
+    if task is not None:
+      formatted = [self.info.format_query(t, task) for t in texts]
+    else:
+      formatted = [self.info.format_document(t) for t in texts]
+    return self.encode_formatted(formatted, dim=dim, normalize=normalize, progress=progress)
+
+  def encode_formatted(self, texts: list[str], *, dim: int | None = None, normalize: bool = True,
+                       progress: bool = False) -> np.ndarray:
+    return truncate_and_normalize(self.embed_raw(texts, progress), dim, normalize)
+
+
+class _NoBar:
+  def update(self, n):
+    pass
+
+  def close(self):
+    pass
+
+
+def _progress(total: int, enabled: bool):
+  if not enabled or total < 2:
+    return _NoBar()
+  from tqdm import tqdm
+  return tqdm(total=total, unit="batch", file=sys.stderr, dynamic_ncols=True)

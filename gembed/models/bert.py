@@ -1,0 +1,140 @@
+"""BERT/MiniLM-family bidirectional encoder in Flax Linen.
+
+Every parameter is created with logical axis names (`nn.with_logical_partitioning`), so the
+sharding of the model is a choice of axis rules (gembed/sharding.py), never of this file.
+Attention masks are explicit arrays: padding is never inferred from a token id.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from gembed.models.config import ModelConfig
+
+_INIT = nn.initializers.normal(stddev=0.02)
+
+
+def _dense_init(names):
+  return nn.with_logical_partitioning(_INIT, names)
+
+
+def _zeros(names):
+  return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
+
+
+def _ones(names):
+  return nn.with_logical_partitioning(nn.initializers.ones_init(), names)
+
+
+def activation(name: str):
+  if name == "gelu":  # BERT's exact erf GELU; flax's default tanh form drifts by ~2.5e-4
+    return functools.partial(nn.gelu, approximate=False)
+  if name == "gelu_tanh":
+    return functools.partial(nn.gelu, approximate=True)
+  if name == "relu":
+    return nn.relu
+  raise ValueError(f"unsupported hidden_act {name!r}; supported: gelu, gelu_tanh, relu")
+
+
+def layer_norm(eps: float, name: str) -> nn.LayerNorm:
+  return nn.LayerNorm(
+      epsilon=eps,
+      dtype=jnp.float32,  # statistics in float32 even under bf16 compute
+      scale_init=_ones(("embed",)),
+      bias_init=_zeros(("embed",)),
+      name=name,
+  )
+
+
+class SelfAttention(nn.Module):
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, attention_bias, deterministic: bool):
+    cfg = self.config
+    dtype = jnp.dtype(cfg.compute_dtype)
+    qkv = functools.partial(
+        nn.DenseGeneral,
+        features=(cfg.num_heads, cfg.head_dim),
+        dtype=dtype,
+        kernel_init=_dense_init(("embed", "heads", "kv")),
+        bias_init=_zeros(("heads", "kv")),
+    )
+    query = qkv(name="query")(x)
+    key = qkv(name="key")(x)
+    value = qkv(name="value")(x)
+    # Heads-major layout + plain batched matmuls: on XLA:CPU this runs ~2.5x faster than the
+    # equivalent einsum over (batch, length, heads, head_dim) operands.
+    query, key, value = (t.transpose(0, 2, 1, 3) for t in (query, key, value))
+    scores = jnp.matmul(query, key.transpose(0, 1, 3, 2), preferred_element_type=jnp.float32)
+    scores = scores / jnp.sqrt(jnp.float32(cfg.head_dim)) + attention_bias
+    probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+    probs = nn.Dropout(cfg.dropout_rate)(probs, deterministic=deterministic)
+    context = jnp.matmul(probs, value).transpose(0, 2, 1, 3)
+    return nn.DenseGeneral(
+        features=cfg.hidden_size,
+        axis=(-2, -1),
+        dtype=dtype,
+        kernel_init=_dense_init(("heads", "kv", "embed")),
+        bias_init=_zeros(("embed",)),
+        name="out",
+    )(context)
+
+
+class EncoderLayer(nn.Module):
+  """Post-LayerNorm transformer block (BERT)."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, attention_bias, deterministic: bool):
+    cfg = self.config
+    dtype = jnp.dtype(cfg.compute_dtype)
+    dropout = nn.Dropout(cfg.dropout_rate)
+    attended = SelfAttention(cfg, name="attention")(x, attention_bias, deterministic)
+    x = layer_norm(cfg.layer_norm_eps, name="attention_norm")(
+        x + dropout(attended, deterministic=deterministic))
+    hidden = nn.Dense(cfg.intermediate_size, dtype=dtype,
+                      kernel_init=_dense_init(("embed", "mlp")), bias_init=_zeros(("mlp",)),
+                      name="mlp_in")(x.astype(dtype))
+    hidden = activation(cfg.hidden_act)(hidden)
+    out = nn.Dense(cfg.hidden_size, dtype=dtype,
+                   kernel_init=_dense_init(("mlp", "embed")), bias_init=_zeros(("embed",)),
+                   name="mlp_out")(hidden)
+    x = layer_norm(cfg.layer_norm_eps, name="mlp_norm")(x + dropout(out, deterministic=deterministic))
+    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
+class BertEncoder(nn.Module):
+  """Token ids -> contextual hidden states (batch, length, hidden_size), float32."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, input_ids, attention_mask, deterministic: bool = True):
+    cfg = self.config
+    positions = jnp.arange(input_ids.shape[1])[None, :]
+    embed = functools.partial(nn.Embed, features=cfg.hidden_size,
+                              embedding_init=_dense_init(("vocab", "embed")))
+    x = embed(cfg.vocab_size, name="token_embed")(input_ids)
+    x = x + nn.Embed(cfg.max_position, cfg.hidden_size,
+                     embedding_init=_dense_init((None, "embed")), name="position_embed")(positions)
+    # Single-segment inputs: every token has type 0.
+    x = x + nn.Embed(cfg.type_vocab_size, cfg.hidden_size,
+                     embedding_init=_dense_init((None, "embed")), name="type_embed")(
+                         jnp.zeros_like(input_ids))
+    x = layer_norm(cfg.layer_norm_eps, name="embed_norm")(x)
+    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+    # Bidirectional: every token sees every non-padding token.
+    attention_bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0,
+                               jnp.finfo(jnp.float32).min).astype(jnp.float32)
+    layer_cls = nn.remat(EncoderLayer, static_argnums=(3,)) if cfg.remat else EncoderLayer
+    for i in range(cfg.num_layers):
+      x = layer_cls(cfg, name=f"layer_{i}")(x, attention_bias, deterministic)
+    return x.astype(jnp.float32)

@@ -1,0 +1,75 @@
+"""The embedding model: encoder -> masked mean pooling -> optional linear projection.
+
+At this module's edge the parameters are a plain nested dict of arrays (no Flax boxes):
+checkpoints, soups and export all work on that tree. `logical_axes()` gives the matching tree
+of logical axis names for sharding.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from gembed.models.bert import BertEncoder
+from gembed.models.config import ModelConfig
+
+
+def mean_pool(hidden, attention_mask):
+  """Mean over non-padding positions (prompt tokens included), as sentence-transformers."""
+  mask = attention_mask.astype(jnp.float32)[..., None]
+  summed = jnp.sum(hidden * mask, axis=-2)
+  return summed / jnp.maximum(jnp.sum(mask, axis=-2), 1e-9)
+
+
+def l2_normalize(x, axis=-1):
+  """Matches torch.nn.functional.normalize (eps 1e-12)."""
+  norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True))
+  return x / jnp.maximum(norm, 1e-12)
+
+
+class EmbeddingModel(nn.Module):
+  """(input_ids, attention_mask) -> unnormalised float32 embeddings (batch, embedding_dim)."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, input_ids, attention_mask, deterministic: bool = True):
+    cfg = self.config
+    hidden = BertEncoder(cfg, name="encoder")(input_ids, attention_mask, deterministic)
+    pooled = mean_pool(hidden, attention_mask)
+    if cfg.projection_dim:
+      pooled = nn.Dense(
+          cfg.projection_dim,
+          use_bias=cfg.projection_bias,
+          kernel_init=nn.with_logical_partitioning(
+              nn.initializers.lecun_normal(), ("embed", "proj")),
+          bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("proj",)),
+          name="projection",
+      )(pooled)
+    return nn.with_logical_constraint(pooled.astype(jnp.float32), ("batch", "proj"))
+
+
+def _dummy_inputs():
+  return jnp.zeros((1, 8), jnp.int32), jnp.ones((1, 8), jnp.int32)
+
+
+def init_params(config: ModelConfig, rng) -> dict:
+  """Random parameters as a plain pytree (used for the projection head and for tests)."""
+  variables = EmbeddingModel(config).init(rng, *_dummy_inputs())
+  return nn.meta.unbox(variables)["params"]
+
+
+def logical_axes(config: ModelConfig) -> dict:
+  """Tree of `jax.sharding.PartitionSpec`s of logical axis names, same structure as params."""
+  abstract = jax.eval_shape(
+      lambda: EmbeddingModel(config).init(jax.random.PRNGKey(0), *_dummy_inputs()))
+  return nn.get_partition_spec(abstract)["params"]
+
+
+def apply_model(config: ModelConfig, params, input_ids, attention_mask, dropout_rng=None):
+  """Pure forward pass; dropout is active only when a `dropout_rng` is given."""
+  deterministic = dropout_rng is None or config.dropout_rate == 0.0
+  rngs = None if deterministic else {"dropout": dropout_rng}
+  return EmbeddingModel(config).apply(
+      {"params": params}, input_ids, attention_mask, deterministic, rngs=rngs)

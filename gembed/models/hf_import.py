@@ -1,0 +1,254 @@
+"""Import (and export) of Hugging Face-style checkpoint directories.
+
+A directory holds `config.json`, `model.safetensors` (or shards listed in
+`model.safetensors.index.json`) and `tokenizer.json`, optionally with sentence-transformers
+modules (`modules.json`, `sentence_bert_config.json`, `1_Pooling/`, `2_Dense/`, `Normalize`).
+
+The mapping between Hugging Face tensor names and gembed's parameter tree is one table
+(`_bert_mapping`), used in both directions, so import and export cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Callable
+
+import numpy as np
+from safetensors import safe_open
+
+from gembed.models.config import ModelConfig
+
+SUPPORTED_ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForPreTraining")
+_HF_ACT = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
+
+
+class CheckpointImportError(ValueError):
+  """A checkpoint directory that gembed cannot import; the message says exactly why."""
+
+
+def _read_json(path: str) -> dict:
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def read_model_config(model_dir: str) -> ModelConfig:
+  path = os.path.join(model_dir, "config.json")
+  if not os.path.exists(path):
+    raise CheckpointImportError(f"{model_dir}: no config.json (not a Hugging Face model directory)")
+  hf = _read_json(path)
+  architectures = hf.get("architectures") or []
+  model_type = hf.get("model_type")
+  if model_type != "bert" or (architectures and architectures[0] not in SUPPORTED_ARCHITECTURES):
+    raise CheckpointImportError(
+        f"{path}: unsupported architecture {architectures[0] if architectures else model_type!r} "
+        f"(model_type {model_type!r}); gembed imports: {', '.join(SUPPORTED_ARCHITECTURES)}")
+  if hf.get("position_embedding_type", "absolute") != "absolute":
+    raise CheckpointImportError(
+        f"{path}: position_embedding_type {hf['position_embedding_type']!r} is not supported")
+  act = hf.get("hidden_act", "gelu")
+  if act not in _HF_ACT:
+    raise CheckpointImportError(f"{path}: unsupported hidden_act {act!r}")
+  return ModelConfig(
+      family="bert",
+      vocab_size=hf["vocab_size"],
+      hidden_size=hf["hidden_size"],
+      num_layers=hf["num_hidden_layers"],
+      num_heads=hf["num_attention_heads"],
+      intermediate_size=hf["intermediate_size"],
+      max_position=hf["max_position_embeddings"],
+      type_vocab_size=hf.get("type_vocab_size", 2),
+      layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
+      hidden_act=_HF_ACT[act],
+      dropout_rate=hf.get("hidden_dropout_prob", 0.1),
+  )
+
+
+def hf_config_dict(config: ModelConfig) -> dict:
+  """The `config.json` a BertModel with these hyperparameters has (for export)."""
+  act = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}[config.hidden_act]
+  return {
+      "architectures": ["BertModel"], "model_type": "bert",
+      "vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
+      "num_hidden_layers": config.num_layers, "num_attention_heads": config.num_heads,
+      "intermediate_size": config.intermediate_size,
+      "max_position_embeddings": config.max_position, "type_vocab_size": config.type_vocab_size,
+      "layer_norm_eps": config.layer_norm_eps, "hidden_act": act,
+      "hidden_dropout_prob": config.dropout_rate, "attention_probs_dropout_prob": config.dropout_rate,
+      "position_embedding_type": "absolute", "pad_token_id": 0, "initializer_range": 0.02,
+  }
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+  path: tuple[str, ...]  # path in gembed's parameter tree
+  hf_key: str
+  to_gembed: Callable[[np.ndarray], np.ndarray]
+  to_hf: Callable[[np.ndarray], np.ndarray]
+
+
+def _bert_mapping(config: ModelConfig) -> list[_Entry]:
+  h, d, e = config.num_heads, config.head_dim, config.hidden_size
+  same = (lambda x: x, lambda x: x)
+  linear = (lambda w: w.T, lambda k: k.T)  # torch Linear stores (out, in)
+  heads_in = (lambda w: w.T.reshape(e, h, d), lambda k: k.reshape(e, h * d).T)
+  heads_bias = (lambda b: b.reshape(h, d), lambda b: b.reshape(h * d))
+  heads_out = (lambda w: w.T.reshape(h, d, e), lambda k: k.reshape(h * d, e).T)
+
+  entries = []
+
+  def add(path, key, fns):
+    entries.append(_Entry(tuple(path.split("/")), key, *fns))
+
+  def norm(path, key):
+    add(f"{path}/scale", f"{key}.weight", same)
+    add(f"{path}/bias", f"{key}.bias", same)
+
+  add("encoder/token_embed/embedding", "embeddings.word_embeddings.weight", same)
+  add("encoder/position_embed/embedding", "embeddings.position_embeddings.weight", same)
+  add("encoder/type_embed/embedding", "embeddings.token_type_embeddings.weight", same)
+  norm("encoder/embed_norm", "embeddings.LayerNorm")
+  for i in range(config.num_layers):
+    ours, theirs = f"encoder/layer_{i}", f"encoder.layer.{i}"
+    for name in ("query", "key", "value"):
+      add(f"{ours}/attention/{name}/kernel", f"{theirs}.attention.self.{name}.weight", heads_in)
+      add(f"{ours}/attention/{name}/bias", f"{theirs}.attention.self.{name}.bias", heads_bias)
+    add(f"{ours}/attention/out/kernel", f"{theirs}.attention.output.dense.weight", heads_out)
+    add(f"{ours}/attention/out/bias", f"{theirs}.attention.output.dense.bias", same)
+    norm(f"{ours}/attention_norm", f"{theirs}.attention.output.LayerNorm")
+    add(f"{ours}/mlp_in/kernel", f"{theirs}.intermediate.dense.weight", linear)
+    add(f"{ours}/mlp_in/bias", f"{theirs}.intermediate.dense.bias", same)
+    add(f"{ours}/mlp_out/kernel", f"{theirs}.output.dense.weight", linear)
+    add(f"{ours}/mlp_out/bias", f"{theirs}.output.dense.bias", same)
+    norm(f"{ours}/mlp_norm", f"{theirs}.output.LayerNorm")
+  return entries
+
+
+def _expected_shapes(config: ModelConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
+  import jax  # local: keep this module importable for shape checks without building a model
+
+  from gembed.models.embedder import init_params
+  abstract = jax.eval_shape(lambda: init_params(config.replace(projection_dim=0), jax.random.PRNGKey(0)))
+  flat = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]:
+    flat[tuple(k.key for k in path)] = tuple(leaf.shape)
+  return flat
+
+
+def read_safetensors(model_dir: str, filename: str = "model.safetensors") -> dict[str, np.ndarray]:
+  """All tensors of a (possibly sharded) safetensors checkpoint as float32 numpy arrays."""
+  index = os.path.join(model_dir, filename + ".index.json")
+  if os.path.exists(index):
+    files = sorted(set(_read_json(index)["weight_map"].values()))
+  elif os.path.exists(os.path.join(model_dir, filename)):
+    files = [filename]
+  else:
+    raise CheckpointImportError(
+        f"{model_dir}: no {filename} or {filename}.index.json (only safetensors weights are read)")
+  tensors = {}
+  for name in files:
+    # framework="flax" reads bfloat16 too (numpy has no bfloat16).
+    with safe_open(os.path.join(model_dir, name), framework="flax") as f:
+      for key in f.keys():
+        tensors[key] = np.asarray(f.get_tensor(key), dtype=np.float32)
+  return tensors
+
+
+def _strip_prefix(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  # BertFor* checkpoints name the encoder "bert.<...>".
+  if any(k.startswith("bert.") for k in tensors):
+    return {k[len("bert."):]: v for k, v in tensors.items() if k.startswith("bert.")}
+  return tensors
+
+
+def load_encoder_params(model_dir: str, config: ModelConfig) -> dict:
+  """Encoder parameters from a Hugging Face directory, checked key by key and shape by shape."""
+  tensors = _strip_prefix(read_safetensors(model_dir))
+  expected = _expected_shapes(config)
+  params: dict = {}
+  for entry in _bert_mapping(config):
+    if entry.hf_key not in tensors:
+      raise CheckpointImportError(f"{model_dir}: missing tensor {entry.hf_key!r} "
+                                  f"(needed for {'/'.join(entry.path)})")
+    want_hf = entry.to_hf(np.zeros(expected[entry.path], np.float32)).shape
+    got = tensors[entry.hf_key].shape
+    if got != want_hf:
+      raise CheckpointImportError(
+          f"{model_dir}: tensor {entry.hf_key!r} has shape {got}, expected {want_hf} "
+          f"(from config.json)")
+    node = params
+    for k in entry.path[:-1]:
+      node = node.setdefault(k, {})
+    node[entry.path[-1]] = entry.to_gembed(tensors[entry.hf_key])
+  return params
+
+
+def encoder_params_to_hf(params: dict, config: ModelConfig) -> dict[str, np.ndarray]:
+  """Inverse of `load_encoder_params`: gembed tree -> Hugging Face BertModel tensors."""
+  out = {}
+  for entry in _bert_mapping(config):
+    node = params
+    for k in entry.path:
+      node = node[k]
+    out[entry.hf_key] = np.ascontiguousarray(entry.to_hf(np.asarray(node, np.float32)))
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class SentenceTransformersInfo:
+  """What a sentence-transformers model directory adds to the bare transformer."""
+
+  max_length: int | None
+  normalize: bool
+  dense: tuple[np.ndarray, np.ndarray | None] | None  # (kernel (in, out), bias) of 2_Dense
+  prompts: dict
+
+
+def read_sentence_transformers(model_dir: str) -> SentenceTransformersInfo:
+  modules_path = os.path.join(model_dir, "modules.json")
+  max_length = None
+  bert_config_path = os.path.join(model_dir, "sentence_bert_config.json")
+  if os.path.exists(bert_config_path):
+    max_length = _read_json(bert_config_path).get("max_seq_length")
+  prompts = {}
+  st_config = os.path.join(model_dir, "config_sentence_transformers.json")
+  if os.path.exists(st_config):
+    prompts = _read_json(st_config).get("prompts") or {}
+  if not os.path.exists(modules_path):
+    return SentenceTransformersInfo(max_length, normalize=False, dense=None, prompts=prompts)
+
+  normalize, dense = False, None
+  modules = _read_json(modules_path)
+  for module in modules:
+    kind = module["type"].rsplit(".", 1)[-1]
+    path = os.path.join(model_dir, module.get("path", ""))
+    if kind == "Transformer":
+      continue
+    if kind == "Pooling":
+      pooling = _read_json(os.path.join(path, "config.json"))
+      if "pooling_mode" in pooling:  # sentence-transformers >= 5 writes one string
+        modes = [pooling["pooling_mode"]]
+      else:
+        modes = [k[len("pooling_mode_"):].removesuffix("_tokens")
+                 for k, v in pooling.items() if k.startswith("pooling_mode_") and v]
+      if modes != ["mean"] or not pooling.get("include_prompt", True):
+        raise CheckpointImportError(f"{path}/config.json: pooling {modes} (include_prompt="
+                                    f"{pooling.get('include_prompt', True)}) is not supported; "
+                                    "gembed uses mean pooling over all tokens")
+    elif kind == "Dense":
+      dense_config = _read_json(os.path.join(path, "config.json"))
+      act = dense_config.get("activation_function", "torch.nn.modules.linear.Identity")
+      if not act.endswith("Identity"):
+        raise CheckpointImportError(f"{path}: Dense activation {act!r} is not supported (linear only)")
+      weights = read_safetensors(path)
+      kernel = weights["linear.weight"].T
+      bias = weights.get("linear.bias")
+      if dense is not None:
+        raise CheckpointImportError(f"{model_dir}: more than one Dense module is not supported")
+      dense = (kernel, bias)
+    elif kind == "Normalize":
+      normalize = True
+    else:
+      raise CheckpointImportError(f"{modules_path}: unsupported module type {module['type']!r}")
+  return SentenceTransformersInfo(max_length, normalize, dense, prompts)

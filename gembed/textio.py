@@ -1,0 +1,61 @@
+"""Reading text inputs with errors that name the file and line."""
+
+from __future__ import annotations
+
+import json
+
+
+class InputError(ValueError):
+  """Bad user input; the message names the file, the line and the problem."""
+
+
+def read_lines(path: str) -> list[str]:
+  """UTF-8 lines of a file (without newline), with invalid UTF-8 reported by line."""
+  with open(path, "rb") as f:
+    raw = f.read()
+  lines = raw.split(b"\n")
+  if lines and lines[-1] == b"":
+    lines.pop()
+  out = []
+  for number, line in enumerate(lines, start=1):
+    try:
+      out.append(line.decode("utf-8").rstrip("\r"))
+    except UnicodeDecodeError as e:
+      raise InputError(f"{path}:{number}: invalid UTF-8 ({e.reason} at byte {e.start})") from None
+  return out
+
+
+def iter_jsonl(path: str):
+  """Yields (line_number, object) for each non-blank line of a JSON Lines file."""
+  for number, line in enumerate(read_lines(path), start=1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise InputError(f"{path}:{number}: invalid JSON ({e.msg})") from None
+    if not isinstance(row, dict):
+      raise InputError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+    yield number, row
+
+
+def read_texts(path: str, field: str = "text") -> list[str]:
+  """Texts to encode: `.jsonl` (the `field` of each row) or plain text (one per line)."""
+  texts = []
+  if path.endswith(".jsonl"):
+    for number, row in iter_jsonl(path):
+      value = row.get(field)
+      if not isinstance(value, str):
+        raise InputError(f"{path}:{number}: field {field!r} must be a string, "
+                         f"got {type(value).__name__ if field in row else 'nothing'}")
+      if not value.strip():
+        raise InputError(f"{path}:{number}: field {field!r} is empty")
+      texts.append(value)
+  else:
+    for number, line in enumerate(read_lines(path), start=1):
+      if not line.strip():
+        raise InputError(f"{path}:{number}: empty line (one text per line is expected)")
+      texts.append(line)
+  if not texts:
+    raise InputError(f"{path}: no texts to encode")
+  return texts

@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                   help="task names or prefixes (e.g. sts/stsb retrieval); default: all found")
   ev.add_argument("--dims", nargs="*", type=int, default=None,
                   help="default: the model's MRL dims, else its full width")
+  ev.add_argument("--split", default="test", help="file split where sets have several (dev for "
+                  "model selection)")
+  ev.add_argument("--max-examples", type=int, default=0, help="cap rows/queries per set (0 = all)")
   ev.add_argument("--batch-size", type=int, default=64)
   ev.add_argument("--max-length", type=int, default=None)
   ev.set_defaults(func=_eval)

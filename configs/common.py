@@ -1,0 +1,83 @@
+"""Defaults shared by every experiment; one comment per field. Imports only ml_collections."""
+
+import ml_collections
+
+GEMINI_QUERY_PROMPT = "task: {task} | query: {text}"
+GEMINI_DOCUMENT_FORMAT = "title: {title} | text: {text}"
+
+
+def task(name, files, prompt_task="search result", rate=0.0):
+  """One training dataset: JSONL files relative to data.dir; rate used when mixing='explicit'."""
+  return ml_collections.ConfigDict(
+      {"name": name, "files": list(files), "prompt_task": prompt_task, "rate": rate})
+
+
+def get_base_config():
+  c = ml_collections.ConfigDict()
+
+  c.model = ml_collections.ConfigDict()
+  c.model.init = "all-MiniLM-L6-v2"  # any --model spec: HF dir, gembed workdir (params only)
+  c.model.projection_dim = 384  # new linear head width (method.md's d); 0 keeps the init's head
+  c.model.projection_bias = True  # bias of the projection head (open in the report)
+  c.model.dropout_rate = 0.1  # hidden/attention dropout while training
+  c.model.compute_dtype = "float32"  # "bfloat16" on TPU/GPU; parameters stay float32
+  c.model.remat = False  # rematerialise layers in the backward pass
+
+  c.prompts = ml_collections.ConfigDict()
+  c.prompts.query = GEMINI_QUERY_PROMPT  # "" trains without a query prompt
+  c.prompts.document = GEMINI_DOCUMENT_FORMAT  # "" joins title + " " + text (MTEB)
+  c.prompts.default_task = "search result"  # task used by `gembed encode --task` when omitted
+
+  c.data = ml_collections.ConfigDict()
+  c.data.dir = ""  # base directory of relative task files
+  c.data.tasks = []  # list of common.task(...)
+  c.data.mixing = "proportional"  # proportional | temperature | explicit (task rates)
+  c.data.mixing_temperature = 1.0  # for mixing = "temperature": rate ~ size ** (1 / T)
+  c.data.global_batch_size = 64  # rows per step over all hosts; one task per step
+  c.data.query_length = 64  # tokens per query (with prompt), static for jit
+  c.data.document_length = 128  # tokens per positive / hard negative
+  c.data.num_negatives = 0  # hard-negative slots per row (0 for pairs)
+  c.data.shuffle_buffer = 10_000  # examples in SeqIO's shuffle buffer
+  c.data.skip_bad_rows = False  # True: count and report malformed rows instead of failing
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.temperature = 0.05  # tau of the NCE loss
+  c.loss.mrl_dims = [384, 192, 96]  # Matryoshka prefix dims (each <= the embedding width)
+  c.loss.mrl_weights = []  # one weight per dim; [] = all 1
+  c.loss.decoupled = False  # ablation: drop the own positive from the denominator
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = "adamw"  # adamw | sgd
+  c.optim.learning_rate = 2e-5  # peak learning rate
+  c.optim.warmup_steps = 10  # linear warmup from 0
+  c.optim.total_steps = ml_collections.FieldReference(100)  # schedule length (= train.steps)
+  c.optim.decay = "linear"  # linear | cosine | constant after warmup
+  c.optim.end_factor = 0.0  # final lr = peak * end_factor
+  c.optim.weight_decay = 0.01  # decoupled weight decay on matrices (not biases/LayerNorm)
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.eps = 1e-8
+  c.optim.clip_norm = 1.0  # global-norm gradient clipping; 0 disables
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = c.optim.get_ref("total_steps")  # optimizer steps of this stage
+  c.train.seed = 0  # parameter init, dropout and data order
+  c.train.log_every = 10  # steps between logged metrics
+  c.train.peak_flops_per_device = 0.0  # for MFU; 0 = known table for TPU/GPU, measured on CPU
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.shape = "data"  # preset (data | fsdp | data_fsdp | data_tensor) or "D,F,T"
+
+  c.ckpt = ml_collections.ConfigDict()
+  c.ckpt.every = 50  # steps between checkpoints
+  c.ckpt.keep = 3  # most recent checkpoints kept
+  c.ckpt.async_save = True  # write in the background while training continues
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.every = 0  # steps between dev evaluations; 0: only at the end
+  c.eval.data_dir = ""  # directory in shared/data layout holding the DEV sets
+  c.eval.tasks = []  # task names/prefixes under data_dir; [] = all
+  c.eval.metric = "task_mean"  # main score that picks the best checkpoint
+  c.eval.batch_size = 64
+  c.eval.max_examples = 0  # cap per set (0 = all)
+  return c

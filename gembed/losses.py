@@ -1,0 +1,90 @@
+"""Contrastive losses as pure functions of embeddings (method.md section 2).
+
+Shapes: B rows in the *global* batch, K hard-negative slots per row, D embedding width.
+Under `jax.jit` with a sharded batch these functions see the whole global arrays, and XLA
+inserts the gathers, so in-batch negatives span every device.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+_MASKED = -1e9  # a finite "minus infinity": logsumexp stays finite even if a row masks everything
+
+
+def _normalize(x):
+  x = x.astype(jnp.float32)
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-24))
+
+
+def false_negative_mask(query_keys, positive_keys):
+  """(B, B) bool: True where column j may serve as a negative for row i.
+
+  Off-diagonal columns whose query or positive is identical (same identity key) to row i's
+  are false negatives and are excluded. The diagonal (row i's own positive) stays True.
+  """
+  same = (query_keys[:, None] == query_keys[None, :]) | (positive_keys[:, None] == positive_keys[None, :])
+  return ~same | jnp.eye(query_keys.shape[0], dtype=bool)
+
+
+def nce_loss(query, positive, negatives=None, negative_valid=None, *, query_keys, positive_keys,
+             temperature: float, decoupled: bool = False):
+  """Masked NCE with in-batch and hard negatives; returns (loss, top-1 accuracy).
+
+  Args:
+    query: (B, D) query embeddings (any scale; cosine similarity is used).
+    positive: (B, D) positive document embeddings.
+    negatives: optional (B, K, D) hard negatives; row i sees only its own K.
+    negative_valid: optional (B, K) bool, False for missing hard negatives.
+    query_keys, positive_keys: (B,) integer identity keys of the texts (false-negative mask).
+    temperature: tau in exp(s / tau).
+    decoupled: drop each row's own positive from its denominator, as method.md's mask read
+      literally (decoupled contrastive loss); an ablation, off by default.
+  """
+  q, p = _normalize(query), _normalize(positive)
+  batch = q.shape[0]
+  in_batch = (q @ p.T) / temperature  # (B, B), float32
+  allowed = false_negative_mask(query_keys, positive_keys)
+  positive_logit = jnp.diagonal(in_batch)
+  if decoupled:
+    allowed = allowed & ~jnp.eye(batch, dtype=bool)
+  in_batch = jnp.where(allowed, in_batch, _MASKED)
+  logits = [in_batch]
+  if negatives is not None:
+    n = _normalize(negatives)
+    hard = jnp.einsum("bd,bkd->bk", q, n) / temperature  # (B, K)
+    if negative_valid is not None:
+      hard = jnp.where(negative_valid, hard, _MASKED)
+    logits.append(hard)
+  logits = jnp.concatenate(logits, axis=1)  # (B, B + K)
+  denominator = jax.nn.logsumexp(logits, axis=1)
+  loss = jnp.mean(denominator - positive_logit)
+  # Accuracy: the own positive outscores every allowed negative.
+  best_negative = jnp.max(jnp.where(jnp.eye(batch, logits.shape[1], dtype=bool), _MASKED, logits), axis=1)
+  accuracy = jnp.mean((positive_logit > best_negative).astype(jnp.float32))
+  return loss, accuracy
+
+
+def matryoshka_loss(query, positive, negatives=None, negative_valid=None, *, dims: Sequence[int],
+                    weights: Sequence[float] | None = None, **nce_kwargs):
+  """MRL: sum_d c_d * NCE on the first d values of every embedding (re-normalised).
+
+  Returns (total loss, {dim: loss}, {dim: accuracy}).
+  """
+  weights = weights or [1.0] * len(dims)
+  if len(weights) != len(dims):
+    raise ValueError(f"{len(weights)} MRL weights for {len(dims)} dims")
+  width = query.shape[-1]
+  total, losses, accuracies = 0.0, {}, {}
+  for dim, weight in zip(dims, weights):
+    if dim > width:
+      raise ValueError(f"MRL dim {dim} exceeds the embedding width {width}")
+    loss, accuracy = nce_loss(
+        query[..., :dim], positive[..., :dim],
+        None if negatives is None else negatives[..., :dim], negative_valid, **nce_kwargs)
+    total = total + weight * loss
+    losses[dim], accuracies[dim] = loss, accuracy
+  return total, losses, accuracies

@@ -1,0 +1,42 @@
+"""Optimizer: AdamW with warmup + decay, global-norm clipping and a weight-decay mask."""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+
+def learning_rate_schedule(peak: float, warmup_steps: int, total_steps: int, decay: str = "linear",
+                           end_factor: float = 0.0) -> optax.Schedule:
+  warmup = optax.linear_schedule(0.0, peak, max(warmup_steps, 1))
+  decay_steps = max(total_steps - warmup_steps, 1)
+  if decay == "linear":
+    after = optax.linear_schedule(peak, peak * end_factor, decay_steps)
+  elif decay == "cosine":
+    after = optax.cosine_decay_schedule(peak, decay_steps, alpha=end_factor)
+  elif decay == "constant":
+    after = optax.constant_schedule(peak)
+  else:
+    raise ValueError(f"optim.decay {decay!r}: use linear, cosine or constant")
+  return optax.join_schedules([warmup, after], [max(warmup_steps, 1)])
+
+
+def weight_decay_mask(params):
+  """Decay matrices only: biases and LayerNorm scales are left alone (BERT convention)."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: path[-1].key not in ("bias", "scale"), params)
+
+
+def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """`config` is the `optim` group of a training config."""
+  schedule = learning_rate_schedule(config.learning_rate, config.warmup_steps, config.total_steps,
+                                    config.decay, config.end_factor)
+  if config.name == "adamw":
+    core = optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps,
+                       weight_decay=config.weight_decay, mask=weight_decay_mask)
+  elif config.name == "sgd":
+    core = optax.sgd(schedule)
+  else:
+    raise ValueError(f"optim.name {config.name!r}: use adamw or sgd")
+  chain = [optax.clip_by_global_norm(config.clip_norm)] if config.clip_norm else []
+  return optax.chain(*chain, core), schedule

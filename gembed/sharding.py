@@ -1,0 +1,95 @@
+"""Device mesh and logical-axis rules.
+
+One rule table maps the model's logical axes to mesh axes (data, fsdp, tensor); the mesh
+*shape* is the preset: all devices on `data` is data parallelism, on `fsdp` shards parameters
+and optimizer state as well, on `tensor` splits heads and MLP columns. Mesh axes of size 1
+cost nothing, so the same rules serve every preset.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+log = logging.getLogger(__name__)
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+LOGICAL_AXIS_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("mlp", "tensor"),
+    ("vocab", "tensor"),
+    ("kv", None),
+    ("proj", None),
+    ("length", None),
+)
+
+# Named mesh shapes; -1 takes the remaining devices.
+MESH_PRESETS = {
+    "data": (-1, 1, 1),
+    "fsdp": (1, -1, 1),
+    "data_fsdp": (2, -1, 1),
+    "data_tensor": (-1, 1, 2),
+}
+
+
+def mesh_shape(spec: str | Sequence[int], num_devices: int) -> tuple[int, int, int]:
+  shape = list(MESH_PRESETS[spec] if isinstance(spec, str) else spec)
+  if len(shape) != 3 or shape.count(-1) > 1:
+    raise ValueError(f"mesh shape {spec!r}: give 3 sizes for {MESH_AXES}, at most one -1")
+  known = int(np.prod([s for s in shape if s != -1]))
+  if -1 in shape:
+    if num_devices % known:
+      raise ValueError(f"mesh shape {spec!r} does not divide {num_devices} devices")
+    shape[shape.index(-1)] = num_devices // known
+  if int(np.prod(shape)) != num_devices:
+    raise ValueError(f"mesh shape {tuple(shape)} needs {np.prod(shape)} devices, have {num_devices}")
+  return tuple(shape)
+
+
+def make_mesh(spec: str | Sequence[int] = "data", devices=None) -> Mesh:
+  devices = list(devices if devices is not None else jax.devices())
+  shape = mesh_shape(spec, len(devices))
+  return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+
+
+def _fit_to_shape(spec: P, shape: tuple[int, ...], mesh: Mesh, name: str) -> P:
+  """Drops mesh axes that do not divide a dimension (e.g. vocab 30522 over 4 devices)."""
+  fitted = []
+  for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    size = int(np.prod([mesh.shape[a] for a in names])) if names else 1
+    if size > 1 and dim % size:
+      log.info("replicating %s dim %d: not divisible by mesh axes %s (%d)", name, dim, names, size)
+      fitted.append(None)
+    else:
+      fitted.append(axes)
+  return P(*fitted)
+
+
+def param_shardings(logical_specs, abstract_params, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
+  """NamedShardings for a parameter-shaped tree, from its logical axis names."""
+  mesh_specs = nn.logical_to_mesh(logical_specs, rules)
+
+  def one(path, spec, leaf):
+    name = jax.tree_util.keystr(path)
+    return NamedSharding(mesh, _fit_to_shape(spec, leaf.shape, mesh, name))
+
+  return jax.tree_util.tree_map_with_path(
+      one, mesh_specs, abstract_params, is_leaf=lambda x: isinstance(x, P))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) dimension over data and fsdp; everything else replicated."""
+  return NamedSharding(mesh, P(("data", "fsdp")))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())

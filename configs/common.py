@@ -63,6 +63,7 @@ def get_base_config():
   c.train.steps = c.optim.get_ref("total_steps")  # optimizer steps of this stage
   c.train.seed = 0  # parameter init, dropout and data order
   c.train.log_every = 10  # steps between logged metrics
+  c.train.distributed = False  # jax.distributed.initialize() (multi-host TPU); set by launch/
   c.train.peak_flops_per_device = 0.0  # for MFU; 0 = known table for TPU/GPU, measured on CPU
 
   c.mesh = ml_collections.ConfigDict()

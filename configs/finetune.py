@@ -32,7 +32,7 @@ def get_config(arg=None):
   c.optim.total_steps = 300
   c.ckpt.every = 100
   c.eval.every = 100
-  c.eval.tasks = ["sts/stsb"]  # read with split=dev: stsb/dev.jsonl
+  c.eval.tasks = ("sts/stsb",)  # read with split=dev: stsb/dev.jsonl
   if arg == "tiny":
     c.data.global_batch_size = 8
     c.data.query_length = 16

@@ -35,7 +35,12 @@ def run(argv: list[str]) -> int:
   for noisy in ("absl", "jax", "tensorboardX"):  # Orbax's per-save chatter, backend probing
     logging.getLogger(noisy).setLevel(logging.WARNING)
   from gembed import train
-  result = train.train_and_evaluate(config, _WORKDIR.value)
+  from gembed.textio import InputError
+  try:
+    result = train.train_and_evaluate(config, _WORKDIR.value)
+  except (train.NonFiniteLossError, InputError) as e:
+    print(f"{argv[0]}: error: {e}", file=sys.stderr)
+    return 1
   if result.get("dev"):
     print(json.dumps({"dev_task_mean": result["dev"]["task_mean"], "best": result["best"]}))
   return 0

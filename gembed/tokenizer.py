@@ -58,7 +58,7 @@ class Tokenizer:
     return [e.ids for e in encodings], truncated
 
   def decode(self, ids: list[int]) -> str:
-    return self._tok.decode(ids)
+    return self._tok.decode(ids, skip_special_tokens=False)
 
   def bucket(self, length: int) -> int:
     i = bisect.bisect_left(self.buckets, length)

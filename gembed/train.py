@@ -19,6 +19,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 
 from gembed import checkpoint, flops, modeldir, sharding
@@ -54,6 +55,19 @@ def initial_params(init_config: ModelConfig, init_params: dict, config: ModelCon
   elif not config.projection_dim:
     params.pop("projection", None)
   return params
+
+
+def init_train_state(params, optimizer, rng, mesh) -> TrainState:
+  """State for sharded params: optimizer moments take their parameter's sharding, the rest
+  (step, counts, RNG) is replicated."""
+  replicated = sharding.replicated(mesh)
+  param_sharding = jax.tree_util.tree_map(lambda x: x.sharding, params)
+  opt_sharding = optax.tree_map_params(
+      optimizer, lambda _, s: s, jax.eval_shape(optimizer.init, params), param_sharding,
+      transform_non_params=lambda _: replicated)
+  return TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), replicated), params=params,
+                    opt_state=jax.jit(optimizer.init, out_shardings=opt_sharding)(params),
+                    rng=jax.device_put(rng, replicated))
 
 
 def parse_mesh_shape(spec: str):
@@ -177,9 +191,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   param_sharding = sharding.param_shardings(embedder.logical_axes(model_config), params, mesh)
   params = jax.device_put(params, param_sharding)
   optimizer, schedule = make_optimizer(config.optim)
-  opt_state = jax.jit(optimizer.init)(params)  # mu/nu inherit the parameters' shardings
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
-                     rng=jax.device_put(state_rng, sharding.replicated(mesh)))
+  state = init_train_state(params, optimizer, state_rng, mesh)
   state_sharding = jax.tree_util.tree_map(lambda x: x.sharding, state)
 
   specs, rates, dataset = build_data(config, info, config.train.seed)
@@ -278,6 +290,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     preemption.restore()
     if writer:
       writer.close()
+    # An exception's traceback keeps this frame alive; a tf.data iterator still referenced at
+    # interpreter shutdown (its tokenizer runs in tf.py_function) can hang the exit.
+    iterator = dataset = None  # noqa: F841
   return {"metrics": last_metrics, "dev": dev_results, "best": best,
           "task_steps": {s.name: int(n) for s, n in zip(specs, task_steps)}}
 

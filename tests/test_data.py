@@ -1,0 +1,133 @@
+"""SeqIO tasks and the one-task-per-step mixture."""
+
+import collections
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from gembed.data import pipeline
+from gembed.data.sources import read_jsonl_rows
+from gembed.textio import InputError
+from gembed.tokenizer import Tokenizer
+
+PROMPT, DOC = "task: {task} | query: {text}", "title: {title} | text: {text}"
+
+
+def _write(path, rows):
+  path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+  return str(path)
+
+
+def _task_files(tmp_path):
+  a = [{"query": f"alpha question {i}", "positive": f"alpha answer {i % 7}", "negative": f"wrong {i}"}
+       for i in range(40)]
+  b = [{"query": f"beta question {i}", "positive": f"beta answer {i}", "title": "Beta"} for i in range(30)]
+  c = [{"query": f"gamma {i}", "positive": f"gamma doc {i}"} for i in range(20)]
+  return [_write(tmp_path / "a.jsonl", a), _write(tmp_path / "b.jsonl", b), _write(tmp_path / "c.jsonl", c)]
+
+
+def _mixture(tmp_path, minilm, seed=0, rates=(0.5, 0.3, 0.2), batch=4):
+  info, _ = minilm
+  files = _task_files(tmp_path)
+  specs = [pipeline.TaskSpec(f"t{i}", (f,), prompt_task="search result", rate=r)
+           for i, (f, r) in enumerate(zip(files, rates))]
+  tasks = [pipeline.register_task(s, tokenizer_file=info.tokenizer_file, query_length=16,
+                                  document_length=24, num_negatives=1, query_prompt=PROMPT,
+                                  document_format=DOC) for s in specs]
+  rates = pipeline.mixture_rates(tasks, specs, "explicit")
+  ds = pipeline.make_mixture(tasks, rates, host_batch_size=batch, seed=seed, shard_index=0,
+                             num_shards=1, shuffle_buffer=64, query_length=16, document_length=24,
+                             num_negatives=1, pad_id=0)
+  return info, ds
+
+
+def _decode_batch(tokenizer, batch):
+  return [tokenizer.decode(ids[mask > 0].tolist())
+          for ids, mask in zip(batch["query_ids"].numpy(), batch["query_mask"].numpy())]
+
+
+def test_every_batch_is_one_task_and_rates_hold(tmp_path, minilm):
+  info, ds = _mixture(tmp_path, minilm)
+  tok = Tokenizer(info.tokenizer_file, 16)
+  counts = collections.Counter()
+  for batch in ds.take(400):
+    queries = _decode_batch(tok, batch)
+    prefixes = {q.split("query : ")[1].split()[0] for q in queries}
+    assert len(prefixes) == 1, queries  # one task per batch
+    expected = ["alpha", "beta", "gamma"][int(batch["task_index"])]
+    assert prefixes == {expected}
+    counts[expected] += 1
+  for name, rate in zip(["alpha", "beta", "gamma"], [0.5, 0.3, 0.2]):
+    # binomial standard deviation at n=400 is <= 0.025; allow 4 sigma
+    assert abs(counts[name] / 400 - rate) < 0.1, counts
+
+
+def test_prompts_masks_and_keys(tmp_path, minilm):
+  info, ds = _mixture(tmp_path, minilm, rates=(1.0, 1e-9, 1e-9), batch=8)
+  tok = Tokenizer(info.tokenizer_file, 24)
+  batch = next(iter(ds))
+  query = _decode_batch(tok, batch)[0]
+  assert query.startswith("[CLS] task : search result | query : alpha question")
+  positive_ids = batch["positive_ids"].numpy()[0][batch["positive_mask"].numpy()[0] > 0]
+  assert tok.decode(positive_ids.tolist()).startswith("[CLS] title : none | text : alpha answer")
+  assert batch["query_ids"].shape == (8, 16) and batch["negative_ids"].shape == (8, 1, 24)
+  # Explicit masks: length = real tokens, never inferred from the pad id.
+  ids, mask = batch["query_ids"].numpy(), batch["query_mask"].numpy()
+  assert all(ids[i, mask[i].sum() - 1] == 102 for i in range(8))  # [SEP] is the last real token
+  # Equal positives (answers repeat every 7 rows) carry equal keys, different ones differ.
+  texts = [tok.decode(r[m > 0].tolist()) for r, m in zip(batch["positive_ids"].numpy(),
+                                                         batch["positive_mask"].numpy())]
+  keys = batch["positive_key"].numpy()
+  for i in range(8):
+    for j in range(8):
+      assert (texts[i] == texts[j]) == (keys[i] == keys[j])
+
+
+def test_same_seed_same_stream_and_exact_restore(tmp_path, minilm):
+  _, ds1 = _mixture(tmp_path, minilm, seed=3)
+  _, ds2 = _mixture(tmp_path, minilm, seed=3)
+  it1, it2 = iter(ds1), iter(ds2)
+  for _ in range(5):
+    a, b = next(it1), next(it2)
+    np.testing.assert_array_equal(a["query_ids"], b["query_ids"])
+  checkpoint = tf.train.Checkpoint(iterator=it1)
+  path = checkpoint.write(str(tmp_path / "it" / "ckpt"))
+  expected = [next(it1) for _ in range(6)]
+  _, ds3 = _mixture(tmp_path, minilm, seed=3)
+  it3 = iter(ds3)
+  tf.train.Checkpoint(iterator=it3).read(path).assert_consumed()
+  for want in expected:
+    got = next(it3)
+    assert int(got["task_index"]) == int(want["task_index"])
+    np.testing.assert_array_equal(got["query_ids"], want["query_ids"])
+    np.testing.assert_array_equal(got["negative_ids"], want["negative_ids"])
+  _, other = _mixture(tmp_path, minilm, seed=4)
+  assert any(not np.array_equal(next(iter(other))["query_ids"], e["query_ids"]) for e in expected[:1])
+
+
+def test_bad_rows_error_or_count(tmp_path):
+  path = _write(tmp_path / "bad.jsonl", [{"query": "q", "positive": "p"}, {"query": "q2"},
+                                         '{"query": "x", "positive": "y"', {"query": "q3", "positive": 7.5},
+                                         {"query": "q4", "positive": "p4", "negatives": ["n", ""]}])
+  with pytest.raises(InputError, match=r"bad.jsonl:2: missing field 'positive'"):
+    read_jsonl_rows([path], num_negatives=1)
+  clean = _write(tmp_path / "clean.jsonl", [{"query": "q", "positive": "p"}, {"query": "q2"}])
+  rows = read_jsonl_rows([clean], num_negatives=1, skip_bad_rows=True)
+  assert len(rows) == 1 and rows.skipped == 1
+  with pytest.raises(InputError, match=r"bad.jsonl:3: invalid JSON"):
+    read_jsonl_rows([path], num_negatives=1, skip_bad_rows=True)  # unparseable JSON always fails
+  only_fields = _write(tmp_path / "fields.jsonl", [{"query": "q", "positive": "p"},
+                                                   {"query": "q3", "positive": 7.5},
+                                                   {"query": "q4", "positive": "p4", "negatives": ["n", ""]}])
+  rows = read_jsonl_rows([only_fields], num_negatives=2, skip_bad_rows=True)
+  assert len(rows) == 1 and rows.skipped == 2
+
+
+def test_hard_negative_slots(tmp_path):
+  path = _write(tmp_path / "n.jsonl", [{"query": "q", "positive": "p", "negatives": ["a", "b", "c"]},
+                                       {"query": "q2", "positive": "p2"}])
+  rows = read_jsonl_rows([path], num_negatives=2)
+  assert rows.negatives.tolist() == [["a", "b"], ["", ""]]
+  assert rows.negative_valid.tolist() == [[True, True], [False, False]]

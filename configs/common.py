@@ -6,10 +6,13 @@ GEMINI_QUERY_PROMPT = "task: {task} | query: {text}"
 GEMINI_DOCUMENT_FORMAT = "title: {title} | text: {text}"
 
 
-def task(name, files, prompt_task="search result", rate=0.0):
-  """One training dataset: JSONL files relative to data.dir; rate used when mixing='explicit'."""
+def task(name, files=(), prompt_task="search result", rate=0.0, source="jsonl", tfds_name="",
+         tfds_data_dir="", split="train"):
+  """One training dataset: JSONL or TFRecord files relative to data.dir, or a TFDS dataset
+  (a registered name or a prepared directory); rate is used when data.mixing = 'explicit'."""
   return ml_collections.ConfigDict(
-      {"name": name, "files": list(files), "prompt_task": prompt_task, "rate": rate})
+      {"name": name, "files": list(files), "prompt_task": prompt_task, "rate": rate,
+       "source": source, "tfds_name": tfds_name, "tfds_data_dir": tfds_data_dir, "split": split})
 
 
 def get_base_config():

@@ -14,8 +14,14 @@ import os
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 CHECKPOINT_SUBDIR = "checkpoints"
+
+
+def absolute(path: str) -> str:
+  """Absolute local path; URLs (gs://...) unchanged. Workdirs may live on GCS."""
+  return str(path) if "://" in str(path) else os.path.abspath(path)
 
 
 def make_manager(workdir: str, save_every: int, keep: int, async_save: bool = True,
@@ -33,22 +39,22 @@ def make_manager(workdir: str, save_every: int, keep: int, async_save: bool = Tr
       create=True,
   )
   return ocp.CheckpointManager(
-      os.path.abspath(os.path.join(workdir, CHECKPOINT_SUBDIR)),
+      absolute(os.path.join(workdir, CHECKPOINT_SUBDIR)),
       item_names=tuple(handlers), item_handlers=handlers, options=options)
 
 
 def checkpoint_steps(workdir: str) -> list[int]:
   """Finished checkpoint steps in a workdir (in-progress temporaries are ignored)."""
-  root = os.path.join(workdir, CHECKPOINT_SUBDIR)
-  if not os.path.isdir(root):
+  root = epath.Path(absolute(os.path.join(workdir, CHECKPOINT_SUBDIR)))
+  if not root.is_dir():
     return []
   return sorted(ocp.utils.checkpoint_steps(root))
 
 
 def load_workdir_params(workdir: str, step: int) -> dict:
   """Only the `params` item of one training checkpoint, as host numpy arrays."""
-  path = os.path.join(os.path.abspath(workdir), CHECKPOINT_SUBDIR, str(step), "params")
-  if not os.path.isdir(path):
+  path = os.path.join(absolute(workdir), CHECKPOINT_SUBDIR, str(step), "params")
+  if not epath.Path(path).is_dir():
     raise FileNotFoundError(f"{workdir}: no checkpoint for step {step} (have {checkpoint_steps(workdir)})")
   return load_params(path)
 
@@ -56,10 +62,10 @@ def load_workdir_params(workdir: str, step: int) -> dict:
 def save_params(path: str, params) -> None:
   """Parameters alone, as a standalone Orbax checkpoint (soups, imported models)."""
   with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(os.path.abspath(path), params, force=True)
+    checkpointer.save(absolute(path), params, force=True)
 
 
 def load_params(path: str) -> dict:
   with ocp.StandardCheckpointer() as checkpointer:
-    restored = checkpointer.restore(os.path.abspath(path))
+    restored = checkpointer.restore(absolute(path))
   return jax.tree_util.tree_map(np.asarray, restored)

@@ -99,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "standard library and dependencies (train pairs + held-out retrieval set)")
   demo.add_argument("--output", required=True)
   demo.set_defaults(func=_demo_data)
+
+  from gembed import bench
+  bench.add_parser(sub)
+  sub.choices["bench"].set_defaults(func=bench.run)
   return parser
 
 

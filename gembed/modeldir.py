@@ -15,7 +15,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
+
+from etils import epath
 
 from gembed import checkpoint
 from gembed.models import hf_import
@@ -72,20 +73,28 @@ class ModelInfo:
 
 
 def write_model_info(info: ModelInfo, directory: str) -> None:
-  """Writes gembed_model.json and a copy of the tokenizer into `directory`."""
-  os.makedirs(directory, exist_ok=True)
-  target = os.path.join(directory, TOKENIZER_FILE)
-  if os.path.abspath(info.tokenizer_file) != os.path.abspath(target):
-    shutil.copyfile(info.tokenizer_file, target)
-  tmp = os.path.join(directory, META_FILE + ".tmp")
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(info.to_json(), f, indent=2)
-  os.replace(tmp, os.path.join(directory, META_FILE))
+  """Writes gembed_model.json and a copy of the tokenizer into `directory` (local or gs://)."""
+  target_dir = epath.Path(checkpoint.absolute(directory))
+  target_dir.mkdir(parents=True, exist_ok=True)
+  target = target_dir / TOKENIZER_FILE
+  if checkpoint.absolute(info.tokenizer_file) != str(target):
+    target.write_bytes(epath.Path(info.tokenizer_file).read_bytes())
+  (target_dir / META_FILE).write_text(json.dumps(info.to_json(), indent=2))
 
 
 def read_model_info(directory: str) -> ModelInfo:
-  with open(os.path.join(directory, META_FILE), encoding="utf-8") as f:
-    return ModelInfo.from_json(json.load(f), directory)
+  """The ModelInfo of a gembed directory; a remote tokenizer is cached locally (Rust reads files)."""
+  directory = checkpoint.absolute(directory)
+  info = ModelInfo.from_json(json.loads((epath.Path(directory) / META_FILE).read_text()), directory)
+  if "://" in directory:
+    import hashlib
+    import tempfile
+    local = os.path.join(tempfile.gettempdir(), "gembed-tokenizers",
+                         hashlib.sha1(directory.encode()).hexdigest(), TOKENIZER_FILE)
+    os.makedirs(os.path.dirname(local), exist_ok=True)
+    epath.Path(local).write_bytes(epath.Path(info.tokenizer_file).read_bytes())
+    info = dataclasses.replace(info, tokenizer_file=local)
+  return info
 
 
 def import_hf(model_dir: str) -> tuple[ModelInfo, dict]:
@@ -126,7 +135,7 @@ def import_hf(model_dir: str) -> tuple[ModelInfo, dict]:
 
 
 def _split_spec(spec: str) -> tuple[str, str | None]:
-  if "@" in spec and not os.path.exists(spec):
+  if "@" in spec and not epath.Path(checkpoint.absolute(spec)).exists():
     path, _, which = spec.rpartition("@")
     return path, which
   return spec, None
@@ -146,24 +155,25 @@ def resolve_workdir_step(workdir: str, which: str | None) -> int:
 def load_model(spec: str) -> tuple[ModelInfo, dict]:
   """Any `--model` argument -> (ModelInfo, params as host numpy arrays)."""
   path, which = _split_spec(spec)
-  if not os.path.isdir(path):
+  root = epath.Path(checkpoint.absolute(path))
+  if not root.is_dir():
     raise FileNotFoundError(f"--model {spec}: {path} is not a directory")
-  if os.path.exists(os.path.join(path, META_FILE)):
+  if (root / META_FILE).exists():
     info = read_model_info(path)
     if which == "best":
-      if not os.path.exists(os.path.join(path, BEST_FILE)):
+      if not (root / BEST_FILE).exists():
         raise FileNotFoundError(f"{path}: no {BEST_FILE}; was a dev evaluation (eval.data_dir) configured?")
-      params = checkpoint.load_params(os.path.join(path, BEST_SUBDIR))
-    elif os.path.isdir(os.path.join(path, checkpoint.CHECKPOINT_SUBDIR)):
+      params = checkpoint.load_params(str(root / BEST_SUBDIR))
+    elif (root / checkpoint.CHECKPOINT_SUBDIR).is_dir():
       params = checkpoint.load_workdir_params(path, resolve_workdir_step(path, which))
-    elif os.path.isdir(os.path.join(path, PARAMS_SUBDIR)):
-      params = checkpoint.load_params(os.path.join(path, PARAMS_SUBDIR))
+    elif (root / PARAMS_SUBDIR).is_dir():
+      params = checkpoint.load_params(str(root / PARAMS_SUBDIR))
     else:
       raise FileNotFoundError(f"{path}: has {META_FILE} but neither checkpoints/ nor params/")
     return info, params
   if which is not None:
     raise ValueError(f"--model {spec}: '@{which}' applies to gembed training workdirs only")
-  if os.path.exists(os.path.join(path, "config.json")):
+  if (root / "config.json").exists():
     return import_hf(path)
   raise FileNotFoundError(
       f"--model {spec}: neither a gembed model directory ({META_FILE}) nor a Hugging Face "

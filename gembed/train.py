@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from etils import epath
 
 from gembed import checkpoint, flops, modeldir, sharding
 from gembed.models import embedder
@@ -87,7 +88,9 @@ def build_data(config, info: modeldir.ModelInfo, seed: int):
   if not d.tasks:
     raise ValueError("config.data.tasks is empty: name at least one training dataset")
   specs = [pipeline.TaskSpec(name=t.name, files=tuple(os.path.join(d.dir, f) for f in t.files),
-                             prompt_task=t.prompt_task, rate=t.rate or None) for t in d.tasks]
+                             prompt_task=t.prompt_task, rate=t.rate or None, source=t.source,
+                             tfds_name=t.tfds_name, tfds_data_dir=t.tfds_data_dir, split=t.split)
+           for t in d.tasks]
   tasks = [pipeline.register_task(
       s, tokenizer_file=info.tokenizer_file, query_length=d.query_length,
       document_length=d.document_length, num_negatives=d.num_negatives,
@@ -154,10 +157,7 @@ def _check_finite(metrics: dict, step: int, workdir: str) -> None:
 
 def _write_json(path: str, value) -> None:
   if jax.process_index() == 0:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-      json.dump(value, f, indent=2)
-    os.replace(tmp, path)
+    epath.Path(path).write_text(json.dumps(value, indent=2))
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -166,7 +166,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   from gembed.cli import resolve_model_arg
   from gembed.data.iterator_handler import (DataIteratorHandler, DataIteratorRestore,
                                             DataIteratorSave)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = checkpoint.absolute(workdir)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   rng = jax.random.PRNGKey(config.train.seed)
   init_rng, state_rng = jax.random.split(rng)
 
@@ -182,8 +183,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       mrl_dims=dims, default_task=config.prompts.default_task, source=config.model.init)
   if jax.process_index() == 0:
     modeldir.write_model_info(info, workdir)
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
   info = modeldir.read_model_info(workdir)
 
   # Mesh and sharded state.
@@ -315,11 +315,8 @@ def _log_metrics(writer, step, metrics, specs, task_steps):
 
 
 def _read_best(workdir):
-  path = os.path.join(workdir, modeldir.BEST_FILE)
-  if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
-  return None
+  path = epath.Path(workdir) / modeldir.BEST_FILE
+  return json.loads(path.read_text()) if path.exists() else None
 
 
 def _track_best(workdir, writer, step, results, metric, best, params):

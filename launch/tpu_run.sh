@@ -75,13 +75,15 @@ if [[ "$exists" == 0 ]]; then
   fi
 fi
 
-# 2. Sync the code to every worker.
+# 2. Copy the committed code to every worker.
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
-run gcloud compute tpus tpu-vm scp --recurse "$REPO" "$NAME":~/gembed --worker=all --zone "$ZONE" "${PROJECT_FLAG[@]}"
+ARCHIVE="${TMPDIR:-/tmp}/gembed-src.tar.gz"
+run git -C "$REPO" archive --format=tar.gz -o "$ARCHIVE" HEAD
+run gcloud compute tpus tpu-vm scp "$ARCHIVE" "$NAME":gembed-src.tar.gz --worker=all --zone "$ZONE" "${PROJECT_FLAG[@]}"
 
 # 3. Install (with libtpu) and train on all workers; jax.distributed discovers the hosts.
 OVERRIDES="--config.train.distributed=True"
 [[ -n "$DATA_DIR" ]] && OVERRIDES+=" --config.data.dir=$DATA_DIR"
 for arg in "${EXTRA[@]+"${EXTRA[@]}"}"; do OVERRIDES+=" $(printf '%q' "$arg")"; done
-REMOTE="cd ~/gembed && python3 -m venv .venv && . .venv/bin/activate && pip install -q -e '.[tpu]' && python -m gembed.main --config $CONFIG --workdir $WORKDIR $OVERRIDES"
+REMOTE="mkdir -p ~/gembed && tar -xzf ~/gembed-src.tar.gz -C ~/gembed && cd ~/gembed && python3 -m venv .venv && . .venv/bin/activate && pip install -q -e '.[tpu]' && python -m gembed.main --config $CONFIG --workdir $WORKDIR $OVERRIDES"
 run gcloud compute tpus tpu-vm ssh "$NAME" --worker=all --zone "$ZONE" "${PROJECT_FLAG[@]}" --command "$REMOTE"

@@ -131,3 +131,51 @@ def test_hard_negative_slots(tmp_path):
   rows = read_jsonl_rows([path], num_negatives=2)
   assert rows.negatives.tolist() == [["a", "b"], ["", ""]]
   assert rows.negative_valid.tolist() == [[True, True], [False, False]]
+
+
+def _first_batch(spec, minilm):
+  info, _ = minilm
+  task = pipeline.register_task(spec, tokenizer_file=info.tokenizer_file, query_length=16,
+                                document_length=16, num_negatives=2, query_prompt=PROMPT,
+                                document_format=DOC)
+  ds = pipeline.make_mixture([task], np.ones(1), host_batch_size=2, seed=0, shard_index=0,
+                             num_shards=1, shuffle_buffer=1, query_length=16, document_length=16,
+                             num_negatives=2, pad_id=0)
+  return task, next(iter(ds)), Tokenizer(info.tokenizer_file, 16)
+
+
+def test_tfrecord_source(tmp_path, minilm):
+  path = str(tmp_path / "rows.tfrecord")
+
+  def feature(values):
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v.encode() for v in values]))
+
+  with tf.io.TFRecordWriter(path) as writer:
+    for q, p, negs in (("first query", "first doc", ["neg a"]), ("second query", "second doc", [])):
+      ex = tf.train.Example(features=tf.train.Features(feature={
+          "query": feature([q]), "positive": feature([p]), "negatives": feature(negs)}))
+      writer.write(ex.SerializeToString())
+  task, batch, tok = _first_batch(pipeline.TaskSpec("rec", (path,), source="tfrecord"), minilm)
+  assert task.num_rows == 2
+  valid = batch["negative_valid"].numpy().tolist()
+  assert sorted(valid) == [[False, False], [True, False]]
+  row = valid.index([True, False])
+  neg = batch["negative_ids"].numpy()[row, 0][batch["negative_mask"].numpy()[row, 0] > 0]
+  assert tok.decode(neg.tolist()) == "[CLS] title : none | text : neg a [SEP]"
+
+
+def test_tfds_builder_over_jsonl(tmp_path, minilm):
+  from gembed.data.tfds_jsonl import JsonlConfig, JsonlTriples
+
+  src = _write(tmp_path / "t.jsonl", [{"query": "tfds query", "positive": "tfds doc",
+                                       "negatives": ["x", "y", "z"]},
+                                      {"query": "other", "positive": "doc two"}])
+  builder = JsonlTriples(config=JsonlConfig(name="mine", files=(src,)), data_dir=str(tmp_path / "tfds"))
+  builder.download_and_prepare()
+  task, batch, tok = _first_batch(pipeline.TaskSpec("mine", source="tfds", tfds_name=builder.data_dir),
+                                  minilm)
+  assert task.num_rows == 2
+  assert sorted(batch["negative_valid"].numpy().tolist()) == [[False, False], [True, True]]
+  queries = {tok.decode(r[m > 0].tolist()) for r, m in zip(batch["query_ids"].numpy(),
+                                                           batch["query_mask"].numpy())}
+  assert "[CLS] task : search result | query : tfds query [SEP]" in queries

@@ -29,12 +29,83 @@ _HASH_BUCKETS = 2**31 - 1
 
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:
-  """One training dataset."""
+  """One training dataset: JSONL or TFRecord files, or a TFDS dataset."""
 
   name: str
-  files: tuple[str, ...]
+  files: tuple[str, ...] = ()
   prompt_task: str = "search result"  # the {task} in the query prompt
   rate: float | None = None  # explicit mixture rate; None: from the mixing rule
+  source: str = "jsonl"  # jsonl | tfrecord | tfds
+  tfds_name: str = ""  # a registered TFDS name or a prepared dataset directory (source = tfds)
+  tfds_data_dir: str = ""
+  split: str = "train"
+
+
+# TFRecord rows: tf.train.Example with these bytes features (negatives: any number).
+TFRECORD_FEATURES = {
+    "query": tf.io.FixedLenFeature([], tf.string),
+    "positive": tf.io.FixedLenFeature([], tf.string),
+    "title": tf.io.FixedLenFeature([], tf.string, default_value=""),
+    "query_id": tf.io.FixedLenFeature([], tf.string, default_value=""),
+    "positive_id": tf.io.FixedLenFeature([], tf.string, default_value=""),
+    "negatives": tf.io.VarLenFeature(tf.string),
+}
+
+
+def standardize_columns(ds, num_negatives: int, task_name: str):
+  """TFRecord/TFDS examples -> the JSONL source's columns (K negative slots + validity)."""
+  def fn(ex):
+    out = {}
+    for key in ("query", "positive"):
+      tf.debugging.assert_greater(tf.strings.length(ex[key]), 0,
+                                  message=f"task {task_name}: a row has an empty {key!r}")
+      out[key] = ex[key]
+    for key in ("title", "query_id", "positive_id"):
+      out[key] = ex[key] if key in ex else tf.constant("")
+    negatives = ex.get("negatives", tf.zeros([0], tf.string))
+    if isinstance(negatives, tf.SparseTensor):
+      negatives = tf.sparse.to_dense(negatives, default_value="")
+    count = tf.size(negatives)
+    padded = tf.concat([negatives, tf.fill([num_negatives], "")], axis=0)
+    for k in range(num_negatives):
+      out[f"negative_{k}"] = padded[k]
+      out[f"negative_{k}_valid"] = k < count
+    return out
+  return ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _source(spec: TaskSpec, num_negatives: int, skip_bad_rows: bool):
+  """(dataset_fn, number of rows, skipped rows) for one task's source."""
+  if spec.source == "jsonl":
+    rows: Rows = read_jsonl_rows(list(spec.files), num_negatives, skip_bad_rows)
+    columns = {k: (v.astype(str) if v.dtype == object else v) for k, v in rows.as_dict().items()}
+    return (lambda: tf.data.Dataset.from_tensor_slices(columns)), len(rows), rows.skipped
+  if skip_bad_rows:
+    raise ValueError(f"task {spec.name}: data.skip_bad_rows applies to JSONL sources only")
+  if spec.source == "tfrecord":
+    missing = [f for f in spec.files if not tf.io.gfile.exists(f)]
+    if missing:
+      raise FileNotFoundError(f"task {spec.name}: no such TFRecord file(s): {missing}")
+
+    def tfrecord():
+      ds = tf.data.TFRecordDataset(list(spec.files))
+      return standardize_columns(ds.map(lambda r: tf.io.parse_single_example(r, TFRECORD_FEATURES)),
+                                 num_negatives, spec.name)
+    count = int(tfrecord().reduce(0, lambda n, _: n + 1))
+    return tfrecord, count, 0
+  if spec.source == "tfds":
+    import tensorflow_datasets as tfds
+
+    if tf.io.gfile.isdir(spec.tfds_name):  # a prepared dataset directory (e.g. JsonlTriples')
+      builder = tfds.builder_from_directory(spec.tfds_name)
+    else:  # a registered TFDS name, e.g. "glue/mrpc"
+      builder = tfds.builder(spec.tfds_name, data_dir=spec.tfds_data_dir or None)
+
+    def tfds_dataset():
+      return standardize_columns(builder.as_dataset(split=spec.split, shuffle_files=False),
+                                 num_negatives, spec.name)
+    return tfds_dataset, builder.info.splits[spec.split].num_examples, 0
+  raise ValueError(f"task {spec.name}: source {spec.source!r}; use jsonl, tfrecord or tfds")
 
 
 def _template_parts(template: str, field: str):
@@ -109,15 +180,13 @@ def register_task(spec: TaskSpec, *, tokenizer_file: str, query_length: int, doc
                   num_negatives: int, query_prompt: str, document_format: str,
                   skip_bad_rows: bool = False) -> seqio.Task:
   """Registers (or re-registers) `spec` as a SeqIO task and returns it."""
-  rows: Rows = read_jsonl_rows(list(spec.files), num_negatives, skip_bad_rows)
-  columns = rows.as_dict()
-  log.info("task %s: %d rows from %s (%d malformed rows skipped)", spec.name, len(rows),
-           ", ".join(spec.files), rows.skipped)
+  make_dataset, num_rows, skipped = _source(spec, num_negatives, skip_bad_rows)
+  log.info("task %s: %d rows from %s (%d malformed rows skipped)", spec.name, num_rows,
+           ", ".join(spec.files) or spec.tfds_name, skipped)
 
   def dataset_fn(split, shuffle_files, seed=None):
     del split, shuffle_files, seed  # one split; example shuffling happens in SeqIO
-    return tf.data.Dataset.from_tensor_slices(
-        {k: (v.astype(str) if v.dtype == object else v) for k, v in columns.items()})
+    return make_dataset()
 
   query_vocab = HfTokenizerVocabulary(tokenizer_file, query_length)
   doc_vocab = HfTokenizerVocabulary(tokenizer_file, document_length)
@@ -138,11 +207,11 @@ def register_task(spec: TaskSpec, *, tokenizer_file: str, query_length: int, doc
   if name in seqio.TaskRegistry.names():
     seqio.TaskRegistry.remove(name)
   task = seqio.Task(name, seqio.FunctionDataSource(dataset_fn, splits=["train"],
-                                                   num_input_examples={"train": len(rows)}),
+                                                   num_input_examples={"train": num_rows}),
                     output_features=output_features, preprocessors=preprocessors)
   seqio.TaskRegistry.add_provider(name, task)
-  task.num_rows = len(rows)
-  task.skipped_rows = rows.skipped
+  task.num_rows = num_rows
+  task.skipped_rows = skipped
   return task
 
 

@@ -1,0 +1,221 @@
+"""Benchmarks against the peer (sentence-transformers on PyTorch) in the same run.
+
+    gembed bench encode [--texts FILE] [--n 2048] [--batch-size 64] [--max-length 128]
+    gembed bench train  [--triples FILE] [--batch-size 64] [--max-length 128] [--steps 6]
+    gembed bench data   [--triples FILE] [--batch-size 64] [--max-length 128] [--batches 40]
+
+Each prints both sides, their ratio and medians over repeats (these machines are noisy).
+The peer needs the `test` extra (torch + sentence-transformers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+
+import numpy as np
+
+DEFAULT_TEXTS = os.path.join("..", "shared", "data", "training", "medquad-pairs.jsonl")
+DEFAULT_TRIPLES = os.path.join("..", "shared", "data", "training", "snli-triples.jsonl")
+
+
+def _read_rows(path: str, n: int) -> list[dict]:
+  from gembed.textio import iter_jsonl
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: pass --texts/--triples (JSONL with query/positive)")
+  rows = []
+  for _, row in iter_jsonl(path):
+    rows.append(row)
+    if len(rows) >= n:
+      break
+  return rows
+
+
+def bench_encode(args) -> dict:
+  import torch
+  from sentence_transformers import SentenceTransformer
+
+  from gembed import modeldir
+  from gembed.encode import TextEncoder
+
+  rows = _read_rows(args.texts, args.n // 2 + 1)
+  texts = [t for r in rows for t in (r["query"], r["positive"])][:args.n]
+  model_dir = modeldir.default_model_dir()
+  info, params = modeldir.load_model(model_dir)
+  ours = TextEncoder(info, params, batch_size=args.batch_size, max_length=args.max_length)
+  peer = SentenceTransformer(str(model_dir), device="cpu")
+  peer.max_seq_length = args.max_length
+  ours.encode(texts)  # compile every length bucket once
+  peer.encode(texts[:args.batch_size], batch_size=args.batch_size)
+  ours_rates, peer_rates = [], []
+  for _ in range(args.repeats):  # alternate, so noise hits both sides alike
+    start = time.perf_counter()
+    ours.encode(texts)
+    ours_rates.append(len(texts) / (time.perf_counter() - start))
+    start = time.perf_counter()
+    with torch.inference_mode():
+      peer.encode(texts, batch_size=args.batch_size)
+    peer_rates.append(len(texts) / (time.perf_counter() - start))
+  result = {"texts": len(texts), "batch_size": args.batch_size, "max_length": args.max_length,
+            "gembed_texts_per_s": statistics.median(ours_rates),
+            "sentence_transformers_texts_per_s": statistics.median(peer_rates),
+            "torch_threads": torch.get_num_threads()}
+  result["ratio"] = result["gembed_texts_per_s"] / result["sentence_transformers_texts_per_s"]
+  return result
+
+
+def _gembed_train_setup(rows, batch_size, max_length, dims):
+  """The trainer's own pieces: imported MiniLM + projection, sharded state, jitted step."""
+  import functools
+
+  import jax
+  import ml_collections
+
+  from gembed import flops, modeldir, sharding
+  from gembed.models import embedder
+  from gembed.optim import make_optimizer
+  from gembed.steps import LossConfig, train_step
+  from gembed.tokenizer import Tokenizer
+  from gembed.train import init_train_state, initial_params
+
+  info, params = modeldir.load_model(modeldir.default_model_dir())
+  config = info.config.replace(projection_dim=dims[0], dropout_rate=0.1)
+  params = initial_params(info.config, params, config, jax.random.PRNGKey(0))
+  mesh = sharding.make_mesh("data")
+  params = jax.device_put(params, sharding.param_shardings(embedder.logical_axes(config), params, mesh))
+  optim = ml_collections.ConfigDict(dict(name="adamw", learning_rate=2e-5, warmup_steps=10,
+                                         total_steps=1000, decay="linear", end_factor=0.0,
+                                         weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-8, clip_norm=1.0))
+  optimizer, schedule = make_optimizer(optim)
+  state = init_train_state(params, optimizer, jax.random.PRNGKey(1), mesh)
+  state_sharding = jax.tree_util.tree_map(lambda x: x.sharding, state)
+  step = jax.jit(functools.partial(train_step, model_config=config,
+                                   loss_config=LossConfig(temperature=0.05, dims=tuple(dims)),
+                                   optimizer=optimizer, schedule=schedule),
+                 in_shardings=(state_sharding, sharding.batch_sharding(mesh)), donate_argnums=(0,))
+  tok = Tokenizer(info.tokenizer_file, max_length)
+  batches = []
+  for start in range(0, len(rows) - batch_size + 1, batch_size):
+    chunk = rows[start:start + batch_size]
+    q = tok.pad(tok.encode([r["query"] for r in chunk])[0], length=max_length)
+    p = tok.pad(tok.encode([r["positive"] for r in chunk])[0], length=max_length)
+    n = tok.pad(tok.encode([r["negative"] for r in chunk])[0], length=max_length)
+    batches.append({
+        "query_ids": q.input_ids, "query_mask": q.attention_mask,
+        "positive_ids": p.input_ids, "positive_mask": p.attention_mask,
+        "negative_ids": n.input_ids[:, None], "negative_mask": n.attention_mask[:, None],
+        "negative_valid": np.ones((batch_size, 1), bool),
+        "query_key": np.arange(batch_size, dtype=np.int32) + start,
+        "positive_key": np.arange(batch_size, dtype=np.int32) + start + 10**6})
+  batches = [jax.device_put(b, sharding.batch_sharding(mesh)) for b in batches]
+  step_flops = flops.train_flops_per_step(config, batch_size, max_length, max_length, 1)
+  peak = flops.peak_flops_per_device() * jax.device_count()
+  return state, step, batches, step_flops, peak
+
+
+def bench_train(args) -> dict:
+  import jax
+  import torch
+  from sentence_transformers import SentenceTransformer, losses, models
+
+  from gembed import modeldir
+
+  dims = [384, 192, 96]
+  rows = _read_rows(args.triples, args.batch_size * (args.steps + 1))
+  state, step, batches, step_flops, peak = _gembed_train_setup(rows, args.batch_size, args.max_length, dims)
+  state, metrics = step(state, batches[0])  # compile
+  jax.block_until_ready(metrics)
+
+  base = SentenceTransformer(str(modeldir.default_model_dir()), device="cpu")
+  base.max_seq_length = args.max_length
+  dense = models.Dense(384, 384, activation_function=torch.nn.Identity())
+  peer = SentenceTransformer(modules=[base[0], base[1], dense, models.Normalize()], device="cpu")
+  peer.train()
+  loss_fn = losses.MatryoshkaLoss(peer, losses.MultipleNegativesRankingLoss(peer, scale=20.0), dims)
+  opt = torch.optim.AdamW(peer.parameters(), lr=2e-5)
+
+  def peer_step(chunk):
+    features = [peer.tokenize([r[k] for r in chunk]) for k in ("query", "positive", "negative")]
+    loss = loss_fn(features, None)
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(peer.parameters(), 1.0)
+    opt.step()
+
+  chunks = [rows[i * args.batch_size:(i + 1) * args.batch_size] for i in range(len(batches))]
+  peer_step(chunks[0])  # warm-up
+  ours_times, peer_times = [], []
+  for i in range(1, len(batches)):  # same real batches, alternating sides
+    start = time.perf_counter()
+    state, metrics = step(state, batches[i])
+    jax.block_until_ready(metrics)
+    ours_times.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    peer_step(chunks[i])
+    peer_times.append(time.perf_counter() - start)
+  ours = args.batch_size / statistics.median(ours_times)
+  theirs = args.batch_size / statistics.median(peer_times)
+  return {"batch_size": args.batch_size, "max_length": args.max_length, "mrl_dims": dims,
+          "steps_timed": len(ours_times), "gembed_examples_per_s": ours,
+          "sentence_transformers_examples_per_s": theirs, "ratio": ours / theirs,
+          "gembed_mfu": step_flops / statistics.median(ours_times) / peak if peak else None,
+          "gembed_padding": "static (every text padded to max_length)",
+          "peer_padding": "dynamic (longest text in the batch)"}
+
+
+def bench_data(args) -> dict:
+  """Tokenisation + batching throughput of the SeqIO pipeline, in texts/s."""
+  from gembed import modeldir
+  from gembed.data import pipeline
+
+  info, _ = modeldir.load_model(modeldir.default_model_dir())
+  spec = pipeline.TaskSpec("bench", (os.path.abspath(args.triples),))
+  task = pipeline.register_task(spec, tokenizer_file=info.tokenizer_file, query_length=args.max_length,
+                                document_length=args.max_length, num_negatives=1,
+                                query_prompt="task: {task} | query: {text}",
+                                document_format="title: {title} | text: {text}")
+  ds = pipeline.make_mixture([task], np.ones(1), host_batch_size=args.batch_size, seed=0,
+                             shard_index=0, num_shards=1, shuffle_buffer=1000,
+                             query_length=args.max_length, document_length=args.max_length,
+                             num_negatives=1, pad_id=0)
+  it = iter(ds)
+  for _ in range(3):
+    next(it)
+  rates = []
+  for _ in range(args.repeats):
+    start = time.perf_counter()
+    for _ in range(args.batches):
+      next(it)
+    rates.append(args.batches * args.batch_size * 3 / (time.perf_counter() - start))
+  return {"batch_size": args.batch_size, "texts_per_batch": 3 * args.batch_size,
+          "max_length": args.max_length, "texts_per_s": statistics.median(rates),
+          "batches_per_s": statistics.median(rates) / (3 * args.batch_size)}
+
+
+def add_parser(sub) -> None:
+  bench = sub.add_parser("bench", help="benchmarks against sentence-transformers (needs the test extra)")
+  kinds = bench.add_subparsers(dest="bench", required=True)
+  enc = kinds.add_parser("encode", help="encoding texts/s, gembed vs sentence-transformers")
+  enc.add_argument("--texts", default=DEFAULT_TEXTS, help="JSONL with query/positive fields")
+  enc.add_argument("--n", type=int, default=2048)
+  enc.add_argument("--repeats", type=int, default=3)
+  enc.set_defaults(bench_fn=bench_encode)
+  train = kinds.add_parser("train", help="training examples/s, gembed vs sentence-transformers")
+  train.add_argument("--triples", default=DEFAULT_TRIPLES)
+  train.add_argument("--steps", type=int, default=6)
+  train.set_defaults(bench_fn=bench_train)
+  data = kinds.add_parser("data", help="SeqIO tokenisation + batching texts/s")
+  data.add_argument("--triples", default=DEFAULT_TRIPLES)
+  data.add_argument("--batches", type=int, default=20)
+  data.add_argument("--repeats", type=int, default=3)
+  data.set_defaults(bench_fn=bench_data)
+  for p in (enc, train, data):
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-length", type=int, default=128)
+
+
+def run(args) -> int:
+  print(json.dumps(args.bench_fn(args), indent=2))
+  return 0

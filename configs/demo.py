@@ -23,13 +23,14 @@ def get_config(arg=None):
   ]
   c.data.global_batch_size = 32
   c.data.query_length = 32
+  c.data.length_buckets = (16, 32, 64, 128)
   c.data.document_length = 128
   c.data.shuffle_buffer = 5000
   c.loss.mrl_dims = (384, 192, 96)
   c.optim.learning_rate = 5e-5
-  c.optim.warmup_steps = 15
-  c.optim.total_steps = 150
-  c.ckpt.every = 50
+  c.optim.warmup_steps = 12
+  c.optim.total_steps = 120
+  c.ckpt.every = 40
   c.eval.every = 0  # evaluate once, at the end
   c.eval.tasks = ("retrieval/python-docs",)
   c.train.log_every = 10

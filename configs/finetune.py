@@ -24,6 +24,7 @@ def get_config(arg=None):
   c.data.num_negatives = 1
   c.data.global_batch_size = 64
   c.data.query_length = 64
+  c.data.length_buckets = (16, 32, 64, 128)
   c.data.document_length = 64
   c.data.mixing = "temperature"
   c.data.mixing_temperature = 2.0

@@ -97,6 +97,9 @@ def build_data(config, info: modeldir.ModelInfo, seed: int):
       query_prompt=config.prompts.query, document_format=config.prompts.document,
       skip_bad_rows=d.skip_bad_rows) for s in specs]
   rates = pipeline.mixture_rates(tasks, specs, d.mixing, d.mixing_temperature)
+  if d.length_buckets and jax.process_count() > 1:
+    raise ValueError("data.length_buckets cuts each host's batch on its own; with several hosts "
+                     "use static lengths (data.length_buckets = ())")
   if d.global_batch_size % jax.process_count():
     raise ValueError(f"data.global_batch_size {d.global_batch_size} is not divisible by "
                      f"{jax.process_count()} hosts")
@@ -105,7 +108,8 @@ def build_data(config, info: modeldir.ModelInfo, seed: int):
       shard_index=jax.process_index(), num_shards=jax.process_count(),
       shuffle_buffer=d.shuffle_buffer, query_length=d.query_length,
       document_length=d.document_length, num_negatives=d.num_negatives,
-      pad_id=tasks[0].output_features["query"].vocabulary.pad_id)
+      pad_id=tasks[0].output_features["query"].vocabulary.pad_id,
+      length_buckets=tuple(d.length_buckets))
   log.info("mixture: %s", ", ".join(f"{s.name}={r:.3f} ({t.num_rows} rows)"
                                      for s, r, t in zip(specs, rates, tasks)))
   return specs, rates, dataset
@@ -236,10 +240,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         data=DataIteratorSave(iterator)))
 
   d = config.data
-  flops_per_step = flops.train_flops_per_step(model_config, d.global_batch_size, d.query_length,
-                                              d.document_length, d.num_negatives)
   peak = flops.peak_flops_per_device(config.train.peak_flops_per_device) * jax.device_count()
-  tokens_per_step = d.global_batch_size * (d.query_length + (1 + d.num_negatives) * d.document_length)
+  window_flops = window_tokens = 0.0  # since the last log line, from the actual batch shapes
   writer = _summary_writer(workdir)
   dev_evaluate = make_dev_evaluator(config, info)
   best = _read_best(workdir)
@@ -252,6 +254,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
     for step in range(start, total):
       host_batch = {k: v.numpy() for k, v in next(iterator).items()}
       task_steps[int(host_batch.pop("task_index"))] += 1
+      query_len, doc_len = host_batch["query_ids"].shape[1], host_batch["positive_ids"].shape[1]
+      window_flops += flops.train_flops_per_step(model_config, d.global_batch_size, query_len,
+                                                 doc_len, d.num_negatives)
+      window_tokens += d.global_batch_size * (query_len + (1 + d.num_negatives) * doc_len)
       batch = {k: jax.make_array_from_process_local_data(batch_sharding, v)
                for k, v in host_batch.items()}
       with mesh:
@@ -266,10 +272,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
         steps_run = done - timer_step
         metrics = {k: float(v) for k, v in metrics.items()}
         metrics["examples_per_second"] = steps_run * d.global_batch_size / elapsed
-        metrics["tokens_per_second_per_device"] = steps_run * tokens_per_step / elapsed / jax.device_count()
+        metrics["tokens_per_second_per_device"] = window_tokens / elapsed / jax.device_count()
         if peak:
-          metrics["mfu"] = steps_run * flops_per_step / elapsed / peak
+          metrics["mfu"] = window_flops / elapsed / peak
         timer_step, timer = done, time.perf_counter()
+        window_flops = window_tokens = 0.0
         last_metrics = metrics
         _log_metrics(writer, done, metrics, specs, task_steps)
         bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['accuracy']:.2f}")
@@ -281,6 +288,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         dev_results = dev_evaluate(state.params)
         best = _track_best(workdir, writer, done, dev_results, config.eval.metric, best, state.params)
         timer_step, timer = done, time.perf_counter()  # evaluation time is not training time
+        window_flops = window_tokens = 0.0
       if preemption.requested:
         break
   finally:

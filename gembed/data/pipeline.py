@@ -226,9 +226,35 @@ def _tokenize_formatted(ds, *, rename, output_features):
   return seqio.preprocessors.tokenize(ds, output_features, copy_pretokenized=False, with_eos=False)
 
 
+def trim_to_bucket(batch, buckets: tuple[int, ...]):
+  """Cuts a padded batch to the smallest bucket holding its longest query / document.
+
+  Queries and documents (positives with hard negatives) get their own bucket, so short-text
+  tasks do not pay for the longest configured length; jit compiles once per bucket pair.
+  """
+  bounds = tf.constant(sorted(buckets), tf.int32)
+
+  def bucket(mask):
+    longest = tf.reduce_max(tf.reduce_sum(tf.reshape(mask, [-1, tf.shape(mask)[-1]]), axis=1))
+    index = tf.minimum(tf.searchsorted(bounds, [longest], side="left")[0], tf.size(bounds) - 1)
+    return tf.minimum(bounds[index], tf.shape(mask)[-1])
+
+  out = dict(batch)
+  q = bucket(batch["query_mask"])
+  out["query_ids"], out["query_mask"] = batch["query_ids"][:, :q], batch["query_mask"][:, :q]
+  doc_masks = [batch["positive_mask"]] + ([tf.reshape(batch["negative_mask"], [-1, tf.shape(batch["negative_mask"])[-1]])]
+                                          if "negative_mask" in batch else [])
+  d = bucket(tf.concat(doc_masks, axis=0))
+  out["positive_ids"], out["positive_mask"] = batch["positive_ids"][:, :d], batch["positive_mask"][:, :d]
+  if "negative_ids" in batch:
+    out["negative_ids"], out["negative_mask"] = batch["negative_ids"][..., :d], batch["negative_mask"][..., :d]
+  return out
+
+
 def batch_task(ds, *, batch_size: int, query_length: int, document_length: int, num_negatives: int,
-               pad_id: int):
-  """Pads to static lengths, batches, and builds explicit attention masks from lengths."""
+               pad_id: int, length_buckets: tuple[int, ...] = ()):
+  """Pads to static lengths, batches, and builds explicit attention masks from lengths;
+  with `length_buckets`, each batch is then cut to the bucket of its longest text."""
   lengths = {"query": query_length}
   lengths.update({n: document_length for n in text_features(num_negatives)[1:]})
   shapes = {k: [] for k in ("query_key", "positive_key")}
@@ -253,7 +279,10 @@ def batch_task(ds, *, batch_size: int, query_length: int, document_length: int, 
       out["negative_valid"] = tf.stack([ex[f"{n}_valid"] for n in names], axis=1)
     return out
 
-  return ds.map(to_model_batch, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.map(to_model_batch, num_parallel_calls=tf.data.AUTOTUNE)
+  if length_buckets:
+    ds = ds.map(lambda b: trim_to_bucket(b, tuple(length_buckets)), num_parallel_calls=tf.data.AUTOTUNE)
+  return ds
 
 
 def mixture_rates(tasks: list[seqio.Task], specs: list[TaskSpec], rule: str,
@@ -283,7 +312,8 @@ def task_choices(rates: np.ndarray, seed: int):
 
 def make_mixture(tasks: list[seqio.Task], rates: np.ndarray, *, host_batch_size: int, seed: int,
                  shard_index: int, num_shards: int, shuffle_buffer: int, query_length: int,
-                 document_length: int, num_negatives: int, pad_id: int):
+                 document_length: int, num_negatives: int, pad_id: int,
+                 length_buckets: tuple[int, ...] = ()):
   """Endless stream of host batches, each global batch from one task."""
   per_task = []
   for i, task in enumerate(tasks):
@@ -294,7 +324,7 @@ def make_mixture(tasks: list[seqio.Task], rates: np.ndarray, *, host_batch_size:
         trim_output_features=False)
     per_task.append(batch_task(ds, batch_size=host_batch_size, query_length=query_length,
                                document_length=document_length, num_negatives=num_negatives,
-                               pad_id=pad_id))
+                               pad_id=pad_id, length_buckets=length_buckets))
   ds = tf.data.Dataset.choose_from_datasets(per_task, task_choices(rates, seed),
                                             stop_on_empty_dataset=True)
   ds = tf.data.Dataset.zip((task_choices(rates, seed), ds)).map(

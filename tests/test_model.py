@@ -1,0 +1,45 @@
+"""Model options: bf16 compute keeps float32 parameters; remat changes memory, not results."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gembed.models import embedder
+from gembed.steps import LossConfig, loss_fn
+from tiny import TINY, random_batch
+
+CONFIG = TINY.replace(projection_dim=16)
+
+
+def test_bf16_compute_float32_params():
+  params = embedder.init_params(CONFIG, jax.random.PRNGKey(0))
+  assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(params))
+  batch = random_batch(0)
+  full = embedder.apply_model(CONFIG, params, batch["query_ids"], batch["query_mask"])
+  half = embedder.apply_model(CONFIG.replace(compute_dtype="bfloat16"), params,
+                              batch["query_ids"], batch["query_mask"])
+  assert half.dtype == jnp.float32  # pooled output is float32 for the loss
+  cos = np.sum(np.asarray(embedder.l2_normalize(full)) * np.asarray(embedder.l2_normalize(half)), 1)
+  assert cos.min() > 0.99
+
+
+def test_remat_gives_the_same_gradients():
+  params = embedder.init_params(CONFIG, jax.random.PRNGKey(0))
+  batch = random_batch(1)
+  loss_config = LossConfig(dims=(16, 8))
+  grad = lambda cfg: jax.grad(lambda p: loss_fn(p, batch, None, cfg, loss_config)[0])(params)
+  plain, remat = grad(CONFIG), grad(CONFIG.replace(remat=True))
+  for a, b in zip(jax.tree_util.tree_leaves(plain), jax.tree_util.tree_leaves(remat)):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_padding_does_not_change_embeddings():
+  """Explicit masks: extra pad positions (any id) leave the embedding unchanged."""
+  params = embedder.init_params(CONFIG, jax.random.PRNGKey(0))
+  ids = np.array([[101, 2000, 2001, 102]], np.int32)
+  mask = np.ones_like(ids)
+  short = embedder.apply_model(CONFIG, params, ids, mask)
+  padded_ids = np.concatenate([ids, np.full((1, 12), 7, np.int32)], axis=1)
+  padded_mask = np.concatenate([mask, np.zeros((1, 12), np.int32)], axis=1)
+  long = embedder.apply_model(CONFIG, params, padded_ids, padded_mask)
+  np.testing.assert_allclose(short, long, atol=1e-5)

@@ -40,11 +40,6 @@ def _encode(args) -> int:
   return 0
 
 
-def _train(args) -> int:
-  from gembed import main as train_main
-  return train_main.run(["gembed train", *args.rest])
-
-
 def _eval(args) -> int:
   from gembed.evaluation.run import run_cli
   return run_cli(args)
@@ -76,10 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
   enc.add_argument("--quiet", action="store_true", help="no progress bar")
   enc.set_defaults(func=_encode)
 
-  train = sub.add_parser("train", help="train (same flags as python -m gembed.main)",
-                         add_help=False)
-  train.add_argument("rest", nargs=argparse.REMAINDER)
-  train.set_defaults(func=_train)
+  sub.add_parser("train", help="train: gembed train --config configs/X.py --workdir DIR "
+                 "[--config.a.b=v ...] (the flags of python -m gembed.main)")
 
   ev = sub.add_parser("eval", help="MTEB-style evaluation at every MRL dimension")
   ev.add_argument("--model", required=True)
@@ -107,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if argv[:1] == ["train"]:  # every flag belongs to the trainer's absl/ml_collections parser
+    from gembed import main as train_main
+    return train_main.run(["gembed train", *argv[1:]])
   args = build_parser().parse_args(argv)
   logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                       format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -25,7 +25,7 @@ def run(argv: list[str]) -> int:
     config = _CONFIG.value
   except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
     # Unknown keys in --config.a.b=v name the key here (the config is locked).
-    message = e.args[0] if isinstance(e, KeyError) and e.args else e
+    message = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'")
     print(f"{argv[0]}: config error: {message}", file=sys.stderr)
     return 2
   if config is None or not _WORKDIR.value:

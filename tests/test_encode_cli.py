@@ -69,3 +69,12 @@ def test_empty_line_in_txt_is_an_error(tmp_path, capsys):
   assert main(["encode", "--model", "all-MiniLM-L6-v2", "--input", str(src),
                "--output", str(tmp_path / "o.npy")]) == 2
   assert "in.txt:2: empty line" in capsys.readouterr().err
+
+
+def test_gembed_train_passes_flags_to_the_trainer(capsys):
+  import os
+  config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                        "finetune.py:tiny")
+  assert main(["train", "--config", config, "--workdir", "/tmp/unused",
+               "--config.optim.learning_rat=1"]) == 2
+  assert "learning_rat" in capsys.readouterr().err

@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                   help="task names or prefixes (e.g. sts/stsb retrieval); default: all found")
   ev.add_argument("--dims", nargs="*", type=int, default=None,
                   help="default: the model's MRL dims, else its full width")
+  ev.add_argument("--prompt-task", action="append", metavar="SET=TASK",
+                  help="prompt task for a set, prefix or type (e.g. retrieval/cosqa='code "
+                  "retrieval'); symmetric types prompt both sides; repeatable")
   ev.add_argument("--split", default="test", help="file split where sets have several (dev for "
                   "model selection)")
   ev.add_argument("--max-examples", type=int, default=0, help="cap rows/queries per set (0 = all)")

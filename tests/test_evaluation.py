@@ -81,6 +81,10 @@ def test_discover_nested_layout(tmp_path):
   assert names == ["retrieval/r", "sts/a", "sts/multi/en-de", "classification/c/fr"]
   dev = {s.name: s.path for s in suite.discover(str(tmp_path), split="dev")}
   assert dev["sts/a"].endswith("dev.jsonl")
+  by_name = {x.name: x for x in suite.discover(str(tmp_path))}
+  assert suite.prompt_task(by_name["sts/a"]) == "sentence similarity"
+  assert suite.prompt_task(by_name["sts/multi/en-de"], {"sts": "x", "sts/multi": "y"}) == "y"
+  assert suite.prompt_task(by_name["retrieval/r"], {"sts": "x"}) == "search result"
   with pytest.raises(ValueError, match="no evaluation set matches"):
     suite.select(suite.discover(str(tmp_path)), ["sts/zzz"])
 

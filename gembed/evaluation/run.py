@@ -24,8 +24,14 @@ def run_cli(args) -> int:
   info, params = modeldir.load_model(resolve_model_arg(args.model))
   dims = sorted(args.dims or default_dims(info), reverse=True)
   encoder = TextEncoder(info, params, batch_size=args.batch_size, max_length=args.max_length)
+  overrides = {}
+  for item in args.prompt_task or []:
+    name, sep, task = item.partition("=")
+    if not sep or not task:
+      raise ValueError(f"--prompt-task {item!r}: expected SET_OR_PREFIX=TASK")
+    overrides[name] = task
   results = suite.evaluate(suite.ModelEmbedder(encoder), sets, dims, args.max_examples,
-                           progress=True)
+                           progress=True, prompt_overrides=overrides)
   results = {"model": args.model, **results}
   report.write_results(results, args.output)
   print(report.results_markdown(results))

@@ -101,9 +101,19 @@ def _at_dims(embeddings: list[np.ndarray], dims: list[int]):
     yield dim, [metrics._unit(e[:, :dim]) for e in embeddings]
 
 
-def evaluate_set(embedder: Embedder, s: EvalSet, dims: list[int], max_examples: int = 0) -> dict:
+def prompt_task(s: EvalSet, overrides: dict[str, str] | None = None) -> str:
+  """The prompt task of a set: the longest matching override (set name, prefix or type), else
+  the built-in choice for its name or type."""
+  for key in sorted(overrides or {}, key=len, reverse=True):
+    if s.name == key or s.name.startswith(key.rstrip("/") + "/"):
+      return overrides[key]
+  return PROMPT_TASK_BY_NAME.get(s.name, PROMPT_TASK[s.type])
+
+
+def evaluate_set(embedder: Embedder, s: EvalSet, dims: list[int], max_examples: int = 0,
+                 prompt_overrides: dict[str, str] | None = None) -> dict:
   """{'type', 'main_metric', 'main_score': {dim: x}, 'metrics': {dim: {...}}} for one set."""
-  task = PROMPT_TASK_BY_NAME.get(s.name, PROMPT_TASK[s.type])
+  task = prompt_task(s, prompt_overrides)
   per_dim = {}
   if s.type == "sts":
     rows = _rows(s.path, max_examples)
@@ -187,7 +197,7 @@ def _retrieval(embedder, s, dims, task, max_queries):
 
 
 def evaluate(embedder: Embedder, sets: list[EvalSet], dims: list[int], max_examples: int = 0,
-             progress: bool = False) -> dict:
+             progress: bool = False, prompt_overrides: dict[str, str] | None = None) -> dict:
   """Scores every set at every dim, plus task and type means (contracts.md results.json)."""
   tasks = {}
   iterator = sets
@@ -196,7 +206,7 @@ def evaluate(embedder: Embedder, sets: list[EvalSet], dims: list[int], max_examp
     iterator = tqdm(sets, unit="set", dynamic_ncols=True)
   for s in iterator:
     log.info("evaluating %s", s.name)
-    tasks[s.name] = evaluate_set(embedder, s, dims, max_examples)
+    tasks[s.name] = evaluate_set(embedder, s, dims, max_examples, prompt_overrides)
   task_mean, type_mean = {}, {}
   for d in map(str, dims):
     scores = [t["main_score"][d] for t in tasks.values()]

@@ -1,6 +1,7 @@
 """The README's main job: fine-tune all-MiniLM-L6-v2 (+ a new 384-d projection, MRL 384/192/96)
 on the demo corpus built from the installed Python standard library and dependencies, then
-evaluate on its held-out retrieval set. About ten minutes on 2 CPU cores:
+evaluate on its held-out retrieval set. About ten minutes on 2 CPU cores (11.5 measured,
+corpus build and both evaluations included; docs/benchmarks.md):
 
   gembed demo-data --output runs/demo-data
   python -m gembed.main --config configs/demo.py --workdir runs/demo \
@@ -28,9 +29,9 @@ def get_config(arg=None):
   c.data.shuffle_buffer = 5000
   c.loss.mrl_dims = (384, 192, 96)
   c.optim.learning_rate = 5e-5
-  c.optim.warmup_steps = 12
-  c.optim.total_steps = 120
-  c.ckpt.every = 40
+  c.optim.warmup_steps = 15
+  c.optim.total_steps = 150
+  c.ckpt.every = 50
   c.eval.every = 0  # evaluate once, at the end
   c.eval.tasks = ("retrieval/python-docs",)
   c.train.log_every = 10

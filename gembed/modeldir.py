@@ -28,10 +28,6 @@ BEST_FILE = "best.json"
 BEST_SUBDIR = "best"  # parameters of the best dev checkpoint, apart from the resume checkpoints
 PARAMS_SUBDIR = "params"
 
-# The report's prompts (method.md section 1); stored with every model gembed trains.
-GEMINI_QUERY_PROMPT = "task: {task} | query: {text}"
-GEMINI_DOCUMENT_FORMAT = "title: {title} | text: {text}"
-
 
 @dataclasses.dataclass(frozen=True)
 class ModelInfo:

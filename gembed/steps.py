@@ -1,4 +1,4 @@
-"""Pure train and eval steps: no I/O, no mesh creation (the trainer jits them with shardings).
+"""The pure train step: no I/O, no mesh creation (the trainer jits it with shardings).
 
 A batch is a dict of arrays over the global batch of B rows:
   query_ids, query_mask           (B, Lq) int32
@@ -84,7 +84,3 @@ def train_step(state: TrainState, batch, *, model_config: ModelConfig, loss_conf
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
   return new_state, metrics
 
-
-def eval_step(params, batch, *, model_config: ModelConfig, loss_config: LossConfig):
-  """Loss and in-batch accuracy without an update (held-out batches)."""
-  return loss_fn(params, batch, None, model_config, loss_config)[1]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import math
 
 import numpy as np
 import seqio
@@ -335,6 +334,3 @@ def make_mixture(tasks: list[seqio.Task], rates: np.ndarray, *, host_batch_size:
   options.deterministic = True
   return ds.with_options(options).prefetch(2)
 
-
-def steps_per_epoch(tasks: list[seqio.Task], global_batch: int) -> int:
-  return max(1, math.floor(sum(t.num_rows for t in tasks) / global_batch))

@@ -110,31 +110,28 @@ def prompt_task(s: EvalSet, overrides: dict[str, str] | None = None) -> str:
   return PROMPT_TASK_BY_NAME.get(s.name, PROMPT_TASK[s.type])
 
 
+# Symmetric sets of aligned pairs: (first field, second field, metrics of (emb1, emb2, rows)).
+_PAIR_SETS = {
+    "sts": ("sentence1", "sentence2",
+            lambda a, b, rows: metrics.sts_spearman(a, b, [float(r["score"]) for r in rows])),
+    "pair_classification": ("sentence1", "sentence2", lambda a, b, rows: metrics.pair_classification_ap(
+        a, b, [int(r["label"]) for r in rows])),
+    "bitext": ("source", "target", lambda a, b, rows: metrics.bitext_f1(a, b)),
+}
+
+
 def evaluate_set(embedder: Embedder, s: EvalSet, dims: list[int], max_examples: int = 0,
                  prompt_overrides: dict[str, str] | None = None) -> dict:
   """{'type', 'main_metric', 'main_score': {dim: x}, 'metrics': {dim: {...}}} for one set."""
   task = prompt_task(s, prompt_overrides)
   per_dim = {}
-  if s.type == "sts":
+  if s.type in _PAIR_SETS:
+    first, second, score = _PAIR_SETS[s.type]
     rows = _rows(s.path, max_examples)
-    e1 = embedder.queries([r["sentence1"] for r in rows], task)
-    e2 = embedder.queries([r["sentence2"] for r in rows], task)
-    gold = [float(r["score"]) for r in rows]
+    e1 = embedder.queries([r[first] for r in rows], task)
+    e2 = embedder.queries([r[second] for r in rows], task)
     for dim, (a, b) in _at_dims([e1, e2], dims):
-      per_dim[dim] = metrics.sts_spearman(a, b, gold)
-  elif s.type == "pair_classification":
-    rows = _rows(s.path, max_examples)
-    e1 = embedder.queries([r["sentence1"] for r in rows], task)
-    e2 = embedder.queries([r["sentence2"] for r in rows], task)
-    labels = [int(r["label"]) for r in rows]
-    for dim, (a, b) in _at_dims([e1, e2], dims):
-      per_dim[dim] = metrics.pair_classification_ap(a, b, labels)
-  elif s.type == "bitext":
-    rows = _rows(s.path, max_examples)
-    src = embedder.queries([r["source"] for r in rows], task)
-    tgt = embedder.queries([r["target"] for r in rows], task)
-    for dim, (a, b) in _at_dims([src, tgt], dims):
-      per_dim[dim] = metrics.bitext_f1(a, b)
+      per_dim[dim] = score(a, b, rows)
   elif s.type == "clustering":
     sets = _rows(s.path)
     embedded = [(embedder.queries(c["sentences"], task), c["labels"]) for c in sets]

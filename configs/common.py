@@ -63,6 +63,7 @@ def get_base_config():
   c.optim.b2 = 0.999
   c.optim.eps = 1e-8
   c.optim.clip_norm = 1.0  # global-norm gradient clipping; 0 disables
+  c.optim.projection_lr_multiplier = 1.0  # projection head's lr = peak * this (new head: > 1)
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = c.optim.get_ref("total_steps")  # optimizer steps of this stage

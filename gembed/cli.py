@@ -1,4 +1,4 @@
-"""`gembed` command line: encode, train, eval (see docs/cli.md)."""
+"""`gembed` command line: encode, train, eval, soup, export (see docs/cli.md)."""
 
 from __future__ import annotations
 
@@ -43,6 +43,38 @@ def _encode(args) -> int:
 def _eval(args) -> int:
   from gembed.evaluation.run import run_cli
   return run_cli(args)
+
+
+def _soup(args) -> int:
+  from gembed import soup
+
+  dev_score = None
+  if args.dev_data:
+    from gembed.encode import TextEncoder
+    from gembed.evaluation import suite
+    sets = suite.select(suite.discover(args.dev_data, split=args.dev_split), args.dev_tasks)
+    if not sets:
+      raise ValueError(f"--dev-data {args.dev_data}: no {args.dev_split} evaluation sets found")
+
+    def dev_score(info, params):
+      encoder = TextEncoder(info, params, batch_size=args.batch_size)
+      results = suite.evaluate(suite.ModelEmbedder(encoder), sets, [info.config.embedding_dim],
+                               args.max_examples)
+      return suite.main_score(results, args.metric)
+  elif args.greedy:
+    raise ValueError("--greedy needs --dev-data: candidates are kept by their dev score")
+  models = [resolve_model_arg(m) for m in args.model]
+  record = soup.make_soup(models, args.output, weights=args.weights, greedy=args.greedy,
+                          dev_score=dev_score)
+  print(json.dumps(record, indent=2))
+  return 0
+
+
+def _export(args) -> int:
+  from gembed.export import export_sentence_transformers
+  out = export_sentence_transformers(resolve_model_arg(args.model), args.output)
+  print(f"wrote a sentence-transformers model to {out}", file=sys.stderr)
+  return 0
 
 
 def _demo_data(args) -> int:
@@ -91,6 +123,29 @@ def build_parser() -> argparse.ArgumentParser:
   ev.add_argument("--batch-size", type=int, default=64)
   ev.add_argument("--max-length", type=int, default=None)
   ev.set_defaults(func=_eval)
+  sp = sub.add_parser("soup", help="average the parameters of several models (uniform, "
+                      "weighted, or greedy by dev score)")
+  sp.add_argument("--model", action="append", required=True,
+                  help="an ingredient (any --model spec, e.g. RUN@STEP); repeat for each")
+  sp.add_argument("--output", required=True, help="directory of the souped model")
+  sp.add_argument("--weights", nargs="*", type=float, default=None,
+                  help="one weight per --model (normalised to sum 1); default: uniform")
+  sp.add_argument("--greedy", action="store_true",
+                  help="add ingredients best-first, keeping each only if the dev score holds")
+  sp.add_argument("--dev-data", default=None, help="directory in the layout of shared/data "
+                  "holding the dev sets that score candidates")
+  sp.add_argument("--dev-split", default="dev")
+  sp.add_argument("--dev-tasks", nargs="*", default=None, help="dev set names or prefixes")
+  sp.add_argument("--metric", default="task_mean", help="task_mean, type_mean or a set name")
+  sp.add_argument("--max-examples", type=int, default=0)
+  sp.add_argument("--batch-size", type=int, default=64)
+  sp.set_defaults(func=_soup)
+
+  ex = sub.add_parser("export", help="write a sentence-transformers model directory")
+  ex.add_argument("--model", required=True)
+  ex.add_argument("--output", required=True)
+  ex.set_defaults(func=_export)
+
   demo = sub.add_parser("demo-data", help="build the demo corpus from the installed Python "
                         "standard library and dependencies (train pairs + held-out retrieval set)")
   demo.add_argument("--output", required=True)

@@ -24,6 +24,9 @@ from gembed.models.config import ModelConfig
 
 META_FILE = "gembed_model.json"
 TOKENIZER_FILE = "tokenizer.json"
+# Hugging Face tokenizer settings kept beside tokenizer.json so that an export loads with the
+# same special tokens and casing (gembed itself reads tokenizer.json only).
+TOKENIZER_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 BEST_FILE = "best.json"
 BEST_SUBDIR = "best"  # parameters of the best dev checkpoint, apart from the resume checkpoints
 PARAMS_SUBDIR = "params"
@@ -68,13 +71,20 @@ class ModelInfo:
     return cls(tokenizer_file=os.path.join(directory, TOKENIZER_FILE), **values)
 
 
+def _copy_tokenizer_files(source_dir: str, target_dir: epath.Path) -> None:
+  source = epath.Path(checkpoint.absolute(source_dir))
+  if source == target_dir:
+    return
+  for name in (TOKENIZER_FILE, *TOKENIZER_SIDE_FILES):
+    if name == TOKENIZER_FILE or (source / name).exists():
+      (target_dir / name).write_bytes((source / name).read_bytes())
+
+
 def write_model_info(info: ModelInfo, directory: str) -> None:
   """Writes gembed_model.json and a copy of the tokenizer into `directory` (local or gs://)."""
   target_dir = epath.Path(checkpoint.absolute(directory))
   target_dir.mkdir(parents=True, exist_ok=True)
-  target = target_dir / TOKENIZER_FILE
-  if checkpoint.absolute(info.tokenizer_file) != str(target):
-    target.write_bytes(epath.Path(info.tokenizer_file).read_bytes())
+  _copy_tokenizer_files(os.path.dirname(info.tokenizer_file), target_dir)
   (target_dir / META_FILE).write_text(json.dumps(info.to_json(), indent=2))
 
 
@@ -85,11 +95,11 @@ def read_model_info(directory: str) -> ModelInfo:
   if "://" in directory:
     import hashlib
     import tempfile
-    local = os.path.join(tempfile.gettempdir(), "gembed-tokenizers",
-                         hashlib.sha1(directory.encode()).hexdigest(), TOKENIZER_FILE)
-    os.makedirs(os.path.dirname(local), exist_ok=True)
-    epath.Path(local).write_bytes(epath.Path(info.tokenizer_file).read_bytes())
-    info = dataclasses.replace(info, tokenizer_file=local)
+    local = epath.Path(tempfile.gettempdir()) / "gembed-tokenizers" / hashlib.sha1(
+        directory.encode()).hexdigest()
+    local.mkdir(parents=True, exist_ok=True)
+    _copy_tokenizer_files(directory, local)
+    info = dataclasses.replace(info, tokenizer_file=str(local / TOKENIZER_FILE))
   return info
 
 
@@ -110,13 +120,14 @@ def import_hf(model_dir: str) -> tuple[ModelInfo, dict]:
     params["projection"] = {"kernel": kernel}
     if bias is not None:
       params["projection"]["bias"] = bias
-  query_prompt, document_format, dims = "", "", ()
+  query_prompt, document_format, dims, default_task = "", "", (), ModelInfo.default_task
   gembed_extra = os.path.join(model_dir, "gembed_export.json")
   if os.path.exists(gembed_extra):  # written by `gembed export`: restores prompts and MRL dims
     with open(gembed_extra, encoding="utf-8") as f:
       extra = json.load(f)
     query_prompt, document_format = extra["query_prompt"], extra["document_format"]
     dims = tuple(extra["mrl_dims"])
+    default_task = extra["default_task"]
   info = ModelInfo(
       config=config,
       tokenizer_file=tokenizer_file,
@@ -125,6 +136,7 @@ def import_hf(model_dir: str) -> tuple[ModelInfo, dict]:
       query_prompt=query_prompt,
       document_format=document_format,
       mrl_dims=dims,
+      default_task=default_task,
       source=os.path.abspath(model_dir),
   )
   return info, params

@@ -27,6 +27,12 @@ def weight_decay_mask(params):
       lambda path, _: path[-1].key not in ("bias", "scale"), params)
 
 
+def new_head_mask(params):
+  """True for the projection head (new at initialisation), False for the pretrained encoder."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: path[0].key == "projection", params)
+
+
 def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """`config` is the `optim` group of a training config."""
   schedule = learning_rate_schedule(config.learning_rate, config.warmup_steps, config.total_steps,
@@ -39,4 +45,10 @@ def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule
   else:
     raise ValueError(f"optim.name {config.name!r}: use adamw or sgd")
   chain = [optax.clip_by_global_norm(config.clip_norm)] if config.clip_norm else []
-  return optax.chain(*chain, core), schedule
+  chain.append(core)
+  # A randomly initialised head next to a pretrained encoder wants a larger step than the
+  # encoder can take without forgetting; scaling its updates gives it peak * multiplier.
+  multiplier = config.get("projection_lr_multiplier", 1.0)
+  if multiplier != 1.0:
+    chain.append(optax.masked(optax.scale(multiplier), new_head_mask))
+  return optax.chain(*chain), schedule

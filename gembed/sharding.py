@@ -41,7 +41,17 @@ MESH_PRESETS = {
 
 
 def mesh_shape(spec: str | Sequence[int], num_devices: int) -> tuple[int, int, int]:
-  shape = list(MESH_PRESETS[spec] if isinstance(spec, str) else spec)
+  """A preset name, "D,F,T" (e.g. "2,4,1"; -1 takes the remaining devices) or a sequence."""
+  if isinstance(spec, str) and spec in MESH_PRESETS:
+    shape = list(MESH_PRESETS[spec])
+  elif isinstance(spec, str):
+    try:
+      shape = [int(x) for x in spec.split(",")]
+    except ValueError:
+      raise ValueError(f"mesh shape {spec!r}: use a preset ({', '.join(MESH_PRESETS)}) or "
+                       "'D,F,T' sizes for the data, fsdp and tensor axes") from None
+  else:
+    shape = list(spec)
   if len(shape) != 3 or shape.count(-1) > 1:
     raise ValueError(f"mesh shape {spec!r}: give 3 sizes for {MESH_AXES}, at most one -1")
   known = int(np.prod([s for s in shape if s != -1]))

@@ -71,10 +71,6 @@ def init_train_state(params, optimizer, rng, mesh) -> TrainState:
                     rng=jax.device_put(rng, replicated))
 
 
-def parse_mesh_shape(spec: str):
-  return spec if spec in sharding.MESH_PRESETS else tuple(int(x) for x in spec.split(","))
-
-
 def maybe_initialize_distributed(enabled: bool) -> None:
   if enabled and jax.process_count() == 1:
     jax.distributed.initialize()  # Cloud TPU VMs: coordinator and process ids are discovered
@@ -191,7 +187,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   info = modeldir.read_model_info(workdir)
 
   # Mesh and sharded state.
-  mesh = sharding.make_mesh(parse_mesh_shape(config.mesh.shape))
+  mesh = sharding.make_mesh(config.mesh.shape)
   param_sharding = sharding.param_shardings(embedder.logical_axes(model_config), params, mesh)
   params = jax.device_put(params, param_sharding)
   optimizer, schedule = make_optimizer(config.optim)
@@ -329,9 +325,9 @@ def _read_best(workdir):
 
 def _track_best(workdir, writer, step, results, metric, best, params):
   """Logs dev scores; on a new best, saves its parameters apart from the resume checkpoints."""
-  full_dim = str(results["dims"][0])
-  score = results[metric][full_dim] if metric in ("task_mean", "type_mean") else \
-      results["tasks"][metric]["main_score"][full_dim]
+  from gembed.evaluation.suite import main_score
+  full_dim = results["dims"][0]
+  score = main_score(results, metric, full_dim)
   if writer:
     for name, task in results["tasks"].items():
       for dim, value in task["main_score"].items():
@@ -343,7 +339,7 @@ def _track_best(workdir, writer, step, results, metric, best, params):
            f"{best['score']:.2f} at step {best['step']}" if best else "none")
   if best is None or score > best["score"]:
     checkpoint.save_params(os.path.join(workdir, modeldir.BEST_SUBDIR), params)
-    best = {"step": step, "score": score, "metric": metric, "dim": int(full_dim)}
+    best = {"step": step, "score": score, "metric": metric, "dim": full_dim}
     _write_json(os.path.join(workdir, modeldir.BEST_FILE), best)
   return best
 

@@ -215,6 +215,18 @@ def evaluate(embedder: Embedder, sets: list[EvalSet], dims: list[int], max_examp
   return {"dims": list(dims), "tasks": tasks, "task_mean": task_mean, "type_mean": type_mean}
 
 
+def main_score(results: dict, metric: str = "task_mean", dim: int | None = None) -> float:
+  """One number from `evaluate`'s results: task_mean, type_mean, or one set's main score, at
+  `dim` (default: the largest evaluated)."""
+  dim = str(dim if dim is not None else results["dims"][0])
+  if metric in ("task_mean", "type_mean"):
+    return float(results[metric][dim])
+  if metric not in results["tasks"]:
+    raise ValueError(f"metric {metric!r}: not task_mean, type_mean or an evaluated set "
+                     f"({', '.join(results['tasks'])})")
+  return float(results["tasks"][metric]["main_score"][dim])
+
+
 class ModelEmbedder:
   """Embedder over a gembed TextEncoder: the model's prompts, distinct texts encoded once."""
 

@@ -1,0 +1,121 @@
+"""Export to sentence-transformers: same embeddings there as in gembed, and lossless round trips."""
+
+import dataclasses
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from gembed import checkpoint, cli, modeldir
+from gembed.encode import TextEncoder
+from gembed.models.embedder import init_params
+
+QUERIES = ["how do I sort a list in python?", "symptoms of iron deficiency",
+           "what is the capital of australia", "convert a string to lowercase",
+           "why is the sky blue during the day but red at sunset?"]
+DOCUMENTS = ["sorted(iterable) returns a new list; list.sort() sorts in place.",
+             "Iron deficiency can cause tiredness, pale skin and shortness of breath.",
+             "Canberra is the capital city of Australia.",
+             "str.lower() returns a copy of the string converted to lowercase.",
+             "Rayleigh scattering makes short wavelengths dominate the daytime sky."]
+
+
+@pytest.fixture(scope="module")
+def trained_like_model(minilm, tmp_path_factory):
+  """MiniLM + a new 128-d projection (random, with a non-zero bias), report prompts, MRL dims:
+  the shape of a gembed training result, written as a gembed model directory."""
+  info, params = minilm
+  config = info.config.replace(projection_dim=128)
+  head = jax.tree.map(np.asarray, init_params(config, jax.random.PRNGKey(3))["projection"])
+  head["bias"] = np.random.default_rng(0).normal(0, 0.05, head["bias"].shape).astype(np.float32)
+  info = dataclasses.replace(info, config=config, query_prompt="task: {task} | query: {text}",
+                             document_format="title: {title} | text: {text}", mrl_dims=(128, 64),
+                             max_length=128)
+  path = str(tmp_path_factory.mktemp("model"))
+  modeldir.write_model_info(info, path)
+  checkpoint.save_params(os.path.join(path, modeldir.PARAMS_SUBDIR), {**params, "projection": head})
+  return path
+
+
+def _cosines(a, b):
+  a = a / np.linalg.norm(a, axis=1, keepdims=True)
+  b = b / np.linalg.norm(b, axis=1, keepdims=True)
+  return np.sum(a * b, axis=1)
+
+
+def _gembed(model, texts, task=None, dim=None):
+  info, params = modeldir.load_model(model)
+  return TextEncoder(info, params).encode(texts, task=task, dim=dim)
+
+
+def test_sentence_transformers_loads_the_export_with_equal_embeddings(trained_like_model, tmp_path):
+  from sentence_transformers import SentenceTransformer
+
+  out = str(tmp_path / "st")
+  assert cli.main(["export", "--model", trained_like_model, "--output", out]) == 0
+  model = SentenceTransformer(out, device="cpu")
+  assert model.get_embedding_dimension() == 128 and model.max_seq_length == 128
+  assert model.prompts["query"] == "task: search result | query: "
+  assert model.prompts["code retrieval"] == "task: code retrieval | query: "
+  assert model.prompts["document"] == "title: none | text: "
+
+  queries = model.encode(QUERIES, prompt_name="query")
+  documents = model.encode(DOCUMENTS, prompt_name="document")
+  assert _cosines(queries, _gembed(trained_like_model, QUERIES, task="search result")).min() >= 0.9999
+  assert _cosines(documents, _gembed(trained_like_model, DOCUMENTS)).min() >= 0.9999
+  code = model.encode(QUERIES, prompt_name="code retrieval")
+  assert _cosines(code, _gembed(trained_like_model, QUERIES, task="code retrieval")).min() >= 0.9999
+
+  small = SentenceTransformer(out, device="cpu", truncate_dim=64)
+  truncated = small.encode(QUERIES, prompt_name="query")
+  assert truncated.shape == (len(QUERIES), 64)
+  ours = _gembed(trained_like_model, QUERIES, task="search result", dim=64)
+  assert _cosines(truncated, ours).min() >= 0.9999
+
+  card = open(os.path.join(out, "README.md")).read()
+  assert "128, 64" in card and "truncate_dim=64" in card
+
+
+def test_import_export_import_round_trips(trained_like_model, tmp_path):
+  first = str(tmp_path / "first")
+  assert cli.main(["export", "--model", trained_like_model, "--output", first]) == 0
+  info, params = modeldir.load_model(first)
+  original_info, original_params = modeldir.load_model(trained_like_model)
+  assert (info.query_prompt, info.document_format, info.mrl_dims, info.max_length, info.normalize) == (
+      original_info.query_prompt, original_info.document_format, (128, 64), 128, True)
+  assert info.config == original_info.config
+  jax.tree.map(np.testing.assert_array_equal, params, original_params)
+
+  second = str(tmp_path / "second")
+  assert cli.main(["export", "--model", first, "--output", second]) == 0
+  _, again = modeldir.load_model(second)
+  jax.tree.map(np.testing.assert_array_equal, again, original_params)
+  for name in ("model.safetensors", "2_Dense/model.safetensors", "modules.json"):
+    assert open(os.path.join(first, name), "rb").read() == open(os.path.join(second, name), "rb").read()
+  np.testing.assert_array_equal(_gembed(second, QUERIES, task="fact checking"),
+                                _gembed(trained_like_model, QUERIES, task="fact checking"))
+
+
+def test_exporting_the_pretrained_checkpoint_keeps_its_embeddings(minilm_dir, tmp_path):
+  from sentence_transformers import SentenceTransformer
+
+  out = str(tmp_path / "minilm")
+  assert cli.main(["export", "--model", "all-MiniLM-L6-v2", "--output", out]) == 0
+  modules = json.load(open(os.path.join(out, "modules.json")))
+  assert [m["type"].rsplit(".", 1)[-1] for m in modules] == ["Transformer", "Pooling", "Normalize"]
+  assert set(SentenceTransformer(out, device="cpu").prompts.values()) <= {""}  # no prompts
+  reference = SentenceTransformer(minilm_dir, device="cpu").encode(DOCUMENTS)
+  exported = SentenceTransformer(out, device="cpu").encode(DOCUMENTS)
+  np.testing.assert_allclose(exported, reference, atol=1e-6)
+
+
+def test_a_template_that_is_not_a_prefix_is_refused(trained_like_model, tmp_path):
+  info, params = modeldir.load_model(trained_like_model)
+  odd = str(tmp_path / "odd")
+  modeldir.write_model_info(dataclasses.replace(info, query_prompt="{text} (task: {task})"), odd)
+  checkpoint.save_params(os.path.join(odd, modeldir.PARAMS_SUBDIR), params)
+  with pytest.raises(ValueError, match="must end with {text}"):
+    from gembed.export import export_sentence_transformers
+    export_sentence_transformers(odd, str(tmp_path / "out"))

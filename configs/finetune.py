@@ -5,6 +5,8 @@ Initialises from stage 1's final checkpoint (a fresh optimizer; the projection h
   python -m gembed.main --config configs/finetune.py --workdir runs/finetune \
       --config.data.dir=../shared/data/training --config.model.init=runs/prefinetune
 
+`--config configs/finetune.py:proportional` samples tasks by size instead (XNLI dominates): the
+second ingredient of a soup that differs in data mixture (docs/soup.md).
 `--config configs/finetune.py:tiny` is a seconds-long variant for smoke tests.
 """
 
@@ -34,7 +36,11 @@ def get_config(arg=None):
   c.ckpt.every = 100
   c.eval.every = 100
   c.eval.tasks = ("sts/stsb",)  # read with split=dev: stsb/dev.jsonl
-  if arg == "tiny":
+  if arg not in (None, "", "proportional", "tiny"):
+    raise ValueError(f"configs/finetune.py:{arg}: variants are 'proportional' and 'tiny'")
+  if arg == "proportional":
+    c.data.mixing = "proportional"
+  elif arg == "tiny":
     c.data.global_batch_size = 8
     c.data.query_length = 16
     c.data.document_length = 16

@@ -39,17 +39,23 @@ class TrainState:
   rng: jax.Array
 
 
+def _text_streams(batch, rng):
+  """(ids, mask, dropout rng) per text stream: queries, positives, flattened hard negatives."""
+  rngs = jax.random.split(rng, 3) if rng is not None else (None, None, None)
+  streams = [(batch["query_ids"], batch["query_mask"], rngs[0]),
+             (batch["positive_ids"], batch["positive_mask"], rngs[1])]
+  if "negative_ids" in batch:
+    length = batch["negative_ids"].shape[-1]
+    streams.append((batch["negative_ids"].reshape(-1, length),
+                    batch["negative_mask"].reshape(-1, length), rngs[2]))
+  return streams
+
+
 def embed_batch(model_config: ModelConfig, params, batch, rng=None):
   """(query, positive, negatives or None) embeddings of a batch, float32, unnormalised."""
-  rngs = jax.random.split(rng, 3) if rng is not None else (None, None, None)
-  query = apply_model(model_config, params, batch["query_ids"], batch["query_mask"], rngs[0])
-  positive = apply_model(model_config, params, batch["positive_ids"], batch["positive_mask"], rngs[1])
-  negatives = None
-  if "negative_ids" in batch:
-    b, k, length = batch["negative_ids"].shape
-    negatives = apply_model(model_config, params, batch["negative_ids"].reshape(b * k, length),
-                            batch["negative_mask"].reshape(b * k, length), rngs[2]).reshape(b, k, -1)
-  return query, positive, negatives
+  out = [apply_model(model_config, params, ids, mask, r) for ids, mask, r in _text_streams(batch, rng)]
+  negatives = out[2].reshape(*batch["negative_ids"].shape[:2], -1) if len(out) == 3 else None
+  return out[0], out[1], negatives
 
 
 def contrastive_loss(loss_config: LossConfig, query, positive, negatives, batch):
@@ -70,14 +76,86 @@ def loss_fn(params, batch, rng, model_config: ModelConfig, loss_config: LossConf
   return contrastive_loss(loss_config, query, positive, negatives, batch)
 
 
+def _to_chunks(x, chunk_size: int):
+  """(R, ...) -> (R // chunk_size, chunk_size, ...), chunk j holding rows j, j + n, j + 2n, ...
+
+  Strided rather than contiguous: with rows sharded contiguously over the data axis, every chunk
+  then holds an equal share of every device's rows, so all devices work on every chunk.
+  """
+  rows = x.shape[0]
+  if rows % chunk_size:
+    raise ValueError(f"GradCache: {rows} rows do not split into chunks of {chunk_size}")
+  return jnp.swapaxes(x.reshape((chunk_size, rows // chunk_size) + x.shape[1:]), 0, 1)
+
+
+def _from_chunks(y):
+  return jnp.swapaxes(y, 0, 1).reshape((-1,) + y.shape[2:])
+
+
+def cached_loss_and_grads(params, batch, rng, model_config: ModelConfig, loss_config: LossConfig,
+                          chunk_size: int):
+  """GradCache (Gao et al., 2021): the loss and parameter gradients of `loss_fn` with activation
+  memory of one chunk instead of the whole global batch.
+
+  1. Embed every text in chunks of `chunk_size` rows, keeping no activations.
+  2. Loss over the whole global batch (every in-batch and hard negative, the false-negative mask,
+     MRL) and its gradient with respect to the embeddings.
+  3. Chunk by chunk, recompute the forward pass and pull that gradient back to the parameters.
+  Each chunk's dropout rng is fixed by its index, so steps 1 and 3 see the same masks.
+  """
+  def forward(ids, mask, chunk_rng, index, p):
+    r = None if chunk_rng is None else jax.random.fold_in(chunk_rng, index)
+    return apply_model(model_config, p, ids, mask, r)
+
+  embeddings = []
+  for ids, mask, stream_rng in _text_streams(batch, rng):
+    def embed(_, chunk, stream_rng=stream_rng):
+      index, ids_c, mask_c = chunk
+      return None, forward(ids_c, mask_c, stream_rng, index, params)
+    chunks = (_to_chunks(ids, chunk_size), _to_chunks(mask, chunk_size))
+    _, out = jax.lax.scan(embed, None, (jnp.arange(chunks[0].shape[0]), *chunks))
+    embeddings.append(jax.lax.stop_gradient(_from_chunks(out)))
+  if len(embeddings) == 3:
+    b, k = batch["negative_ids"].shape[:2]
+    embeddings[2] = embeddings[2].reshape(b, k, -1)
+  else:
+    embeddings.append(None)
+
+  def loss_on_embeddings(query, positive, negatives):
+    return contrastive_loss(loss_config, query, positive, negatives, batch)
+
+  argnums = (0, 1, 2) if embeddings[2] is not None else (0, 1)
+  (loss, metrics), embedding_grads = jax.value_and_grad(
+      loss_on_embeddings, argnums=argnums, has_aux=True)(*embeddings)
+
+  grads = jax.tree.map(jnp.zeros_like, params)
+  for (ids, mask, stream_rng), cotangent in zip(_text_streams(batch, rng), embedding_grads):
+    def backprop(acc, chunk, stream_rng=stream_rng):
+      index, ids_c, mask_c, g_c = chunk
+      _, pull = jax.vjp(lambda p: forward(ids_c, mask_c, stream_rng, index, p), params)
+      return jax.tree.map(jnp.add, acc, pull(g_c)[0]), None
+    cotangent = cotangent.reshape(ids.shape[0], -1)
+    chunks = [_to_chunks(x, chunk_size) for x in (ids, mask, cotangent)]
+    grads, _ = jax.lax.scan(backprop, grads, (jnp.arange(chunks[0].shape[0]), *chunks))
+  return (loss, metrics), grads
+
+
 def train_step(state: TrainState, batch, *, model_config: ModelConfig, loss_config: LossConfig,
-               optimizer: optax.GradientTransformation, schedule: Callable):
-  """One optimizer step; returns (new state, metrics). Pure: jit it with shardings."""
+               optimizer: optax.GradientTransformation, schedule: Callable,
+               grad_cache_chunk: int = 0):
+  """One optimizer step; returns (new state, metrics). Pure: jit it with shardings.
+
+  `grad_cache_chunk` > 0 computes the same loss and gradients with GradCache, in chunks of that
+  many rows (memory flat in the global batch size).
+  """
   rng, dropout_rng = jax.random.split(state.rng)
-  use_dropout = model_config.dropout_rate > 0
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-  (_, metrics), grads = grad_fn(state.params, batch, dropout_rng if use_dropout else None,
-                                model_config, loss_config)
+  dropout_rng = dropout_rng if model_config.dropout_rate > 0 else None
+  if grad_cache_chunk:
+    (_, metrics), grads = cached_loss_and_grads(state.params, batch, dropout_rng, model_config,
+                                                loss_config, grad_cache_chunk)
+  else:
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (_, metrics), grads = grad_fn(state.params, batch, dropout_rng, model_config, loss_config)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = dict(metrics, grad_norm=optax.global_norm(grads), learning_rate=schedule(state.step))

@@ -222,7 +222,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   batch_sharding = sharding.batch_sharding(mesh)
   step_fn = jax.jit(
       functools.partial(train_step, model_config=model_config, loss_config=loss_config,
-                        optimizer=optimizer, schedule=schedule),
+                        optimizer=optimizer, schedule=schedule,
+                        grad_cache_chunk=config.train.grad_cache_chunk if config.train.grad_cache else 0),
       in_shardings=(state_sharding, batch_sharding),
       out_shardings=(state_sharding, sharding.replicated(mesh)),
       donate_argnums=(0,))

@@ -7,6 +7,7 @@ inserts the gathers, so in-batch negatives span every device.
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax
@@ -68,8 +69,54 @@ def nce_loss(query, positive, negatives=None, negative_valid=None, *, query_keys
   return loss, accuracy
 
 
+def ring_nce_loss(query, positive, negatives=None, negative_valid=None, *, query_keys,
+                  positive_keys, temperature: float, decoupled: bool = False, axis_name,
+                  axis_size: int):
+  """`nce_loss` for use inside `shard_map`: each device holds B / axis_size rows, and the
+  positives (with their identity keys) travel around the ring of devices with `ppermute`.
+
+  Each device only ever holds a (B / n) x (B / n) block of logits; the denominator is merged
+  block by block with logaddexp, so the result equals `nce_loss` on the global batch.
+  """
+  q, p = _normalize(query), _normalize(positive)
+  rows = q.shape[0]
+  positive_logit = jnp.sum(q * p, axis=-1) / temperature
+  if negatives is not None:
+    hard = jnp.einsum("bd,bkd->bk", q, _normalize(negatives)) / temperature
+    if negative_valid is not None:
+      hard = jnp.where(negative_valid, hard, _MASKED)
+    denominator, best_negative = jax.nn.logsumexp(hard, axis=1), jnp.max(hard, axis=1)
+  else:
+    denominator = best_negative = jnp.full((rows,), _MASKED, jnp.float32)
+
+  @jax.checkpoint  # keep only the block inputs for the backward pass, not its logits
+  def block(block_p, block_query_keys, block_positive_keys, own):
+    logits = (q @ block_p.T) / temperature
+    same = ((query_keys[:, None] == block_query_keys[None, :]) |
+            (positive_keys[:, None] == block_positive_keys[None, :]))
+    allowed = ~same | own
+    if decoupled:
+      allowed = allowed & ~own
+    logits = jnp.where(allowed, logits, _MASKED)
+    return jax.nn.logsumexp(logits, axis=1), jnp.max(jnp.where(own, _MASKED, logits), axis=1)
+
+  shift = [(i, (i + 1) % axis_size) for i in range(axis_size)]
+  travelling = (p, query_keys, positive_keys)
+  for step in range(axis_size):  # step s holds the positives of device (index - s) mod n
+    own = jnp.eye(rows, dtype=bool) if step == 0 else jnp.zeros((rows, rows), bool)
+    block_lse, block_best = block(*travelling, own)
+    denominator = jnp.logaddexp(denominator, block_lse)
+    best_negative = jnp.maximum(best_negative, block_best)
+    if step + 1 < axis_size:
+      travelling = jax.tree.map(lambda x: jax.lax.ppermute(x, axis_name, shift), travelling)
+  total_rows = rows * axis_size
+  loss = jax.lax.psum(jnp.sum(denominator - positive_logit), axis_name) / total_rows
+  correct = jnp.sum((positive_logit > best_negative).astype(jnp.float32))
+  return loss, jax.lax.psum(correct, axis_name) / total_rows
+
+
 def matryoshka_loss(query, positive, negatives=None, negative_valid=None, *, dims: Sequence[int],
-                    weights: Sequence[float] | None = None, **nce_kwargs):
+                    weights: Sequence[float] | None = None, nce=nce_loss, **nce_kwargs):
   """MRL: sum_d c_d * NCE on the first d values of every embedding (re-normalised).
 
   Returns (total loss, {dim: loss}, {dim: accuracy}).
@@ -82,9 +129,36 @@ def matryoshka_loss(query, positive, negatives=None, negative_valid=None, *, dim
   for dim, weight in zip(dims, weights):
     if dim > width:
       raise ValueError(f"MRL dim {dim} exceeds the embedding width {width}")
-    loss, accuracy = nce_loss(
+    loss, accuracy = nce(
         query[..., :dim], positive[..., :dim],
         None if negatives is None else negatives[..., :dim], negative_valid, **nce_kwargs)
     total = total + weight * loss
     losses[dim], accuracies[dim] = loss, accuracy
   return total, losses, accuracies
+
+
+def ring_matryoshka_loss(mesh, query, positive, negatives=None, negative_valid=None, *,
+                         query_keys, positive_keys, batch_axes=("data", "fsdp"), **mrl_kwargs):
+  """`matryoshka_loss` with the ring NCE: rows sharded over `batch_axes` of `mesh` (a Mesh or
+  the AbstractMesh of `jax.set_mesh`); same results, no B x B logits on any device."""
+  from jax.sharding import PartitionSpec as P
+
+  size = 1
+  for axis in batch_axes:
+    size *= mesh.shape[axis]
+  if query.shape[0] % size:
+    raise ValueError(f"ring loss: global batch {query.shape[0]} does not divide over {size} devices")
+  nce = functools.partial(ring_nce_loss, axis_name=batch_axes, axis_size=size)
+  rows = P(batch_axes)
+  with_negatives = negatives is not None
+
+  def local(q, p, qk, pk, *hard):
+    n, valid = hard if with_negatives else (None, None)
+    return matryoshka_loss(q, p, n, valid, query_keys=qk, positive_keys=pk, nce=nce, **mrl_kwargs)
+
+  args = (query, positive, query_keys, positive_keys)
+  if with_negatives:
+    if negative_valid is None:
+      negative_valid = jnp.ones(negatives.shape[:2], bool)
+    args += (negatives, negative_valid)
+  return jax.shard_map(local, mesh=mesh, in_specs=(rows,) * len(args), out_specs=P())(*args)

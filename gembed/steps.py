@@ -29,6 +29,7 @@ class LossConfig:
   dims: tuple[int, ...] = ()  # MRL prefix dims; () = the full width only
   weights: tuple[float, ...] = ()  # one per dim; () = all 1
   decoupled: bool = False
+  ring: bool = False  # ring NCE over the batch axes of the mesh set with `jax.set_mesh`
 
 
 @flax.struct.dataclass
@@ -61,11 +62,18 @@ def embed_batch(model_config: ModelConfig, params, batch, rng=None):
 def contrastive_loss(loss_config: LossConfig, query, positive, negatives, batch):
   """MRL-summed masked NCE on embeddings; returns (loss, metrics)."""
   dims = loss_config.dims or (query.shape[-1],)
-  total, per_dim, accuracy = losses.matryoshka_loss(
-      query, positive, negatives, batch.get("negative_valid"),
-      dims=dims, weights=loss_config.weights or None,
-      query_keys=batch["query_key"], positive_keys=batch["positive_key"],
-      temperature=loss_config.temperature, decoupled=loss_config.decoupled)
+  kwargs = dict(dims=dims, weights=loss_config.weights or None, query_keys=batch["query_key"],
+                positive_keys=batch["positive_key"], temperature=loss_config.temperature,
+                decoupled=loss_config.decoupled)
+  if loss_config.ring:
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+      raise ValueError("loss.ring needs the device mesh: trace the step under jax.set_mesh(mesh)")
+    total, per_dim, accuracy = losses.ring_matryoshka_loss(
+        mesh, query, positive, negatives, batch.get("negative_valid"), **kwargs)
+  else:
+    total, per_dim, accuracy = losses.matryoshka_loss(
+        query, positive, negatives, batch.get("negative_valid"), **kwargs)
   metrics = {"loss": total, "accuracy": accuracy[max(dims)]}
   metrics.update({f"loss@{d}": v for d, v in per_dim.items()})
   return total, metrics

@@ -188,6 +188,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   # Mesh and sharded state.
   mesh = sharding.make_mesh(config.mesh.shape)
+  if config.train.grad_cache and config.data.global_batch_size % config.train.grad_cache_chunk:
+    raise ValueError(f"train.grad_cache_chunk {config.train.grad_cache_chunk} must divide "
+                     f"data.global_batch_size {config.data.global_batch_size}")
   param_sharding = sharding.param_shardings(embedder.logical_axes(model_config), params, mesh)
   params = jax.device_put(params, param_sharding)
   optimizer, schedule = make_optimizer(config.optim)
@@ -218,7 +221,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   loss_config = LossConfig(temperature=config.loss.temperature, dims=dims,
                            weights=tuple(config.loss.mrl_weights),
-                           decoupled=config.loss.decoupled)
+                           decoupled=config.loss.decoupled, ring=config.loss.ring)
   batch_sharding = sharding.batch_sharding(mesh)
   step_fn = jax.jit(
       functools.partial(train_step, model_config=model_config, loss_config=loss_config,
@@ -257,7 +260,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       window_tokens += d.global_batch_size * (query_len + (1 + d.num_negatives) * doc_len)
       batch = {k: jax.make_array_from_process_local_data(batch_sharding, v)
                for k, v in host_batch.items()}
-      with mesh:
+      with jax.set_mesh(mesh):  # the ring loss's shard_map reads the mesh from here
         state, metrics = step_fn(state, batch)
       done = step + 1
       bar.update(1)

@@ -24,6 +24,7 @@ LOGICAL_AXIS_RULES = (
     ("batch", ("data", "fsdp")),
     ("embed", "fsdp"),
     ("heads", "tensor"),
+    ("kv_heads", "tensor"),
     ("mlp", "tensor"),
     ("vocab", "tensor"),
     ("kv", None),

@@ -37,7 +37,9 @@ def activation(name: str):
     return functools.partial(nn.gelu, approximate=True)
   if name == "relu":
     return nn.relu
-  raise ValueError(f"unsupported hidden_act {name!r}; supported: gelu, gelu_tanh, relu")
+  if name == "silu":
+    return nn.silu
+  raise ValueError(f"unsupported hidden_act {name!r}; supported: gelu, gelu_tanh, relu, silu")
 
 
 def layer_norm(eps: float, name: str) -> nn.LayerNorm:
@@ -134,7 +136,10 @@ class BertEncoder(nn.Module):
     # Bidirectional: every token sees every non-padding token.
     attention_bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0,
                                jnp.finfo(jnp.float32).min).astype(jnp.float32)
-    layer_cls = nn.remat(EncoderLayer, static_argnums=(3,)) if cfg.remat else EncoderLayer
+    layer_cls = EncoderLayer
+    if cfg.remat:
+      layer_cls = nn.remat(EncoderLayer, static_argnums=(3,),
+                           policy=getattr(jax.checkpoint_policies, cfg.remat_policy))
     for i in range(cfg.num_layers):
       x = layer_cls(cfg, name=f"layer_{i}")(x, attention_bias, deterministic)
     return x.astype(jnp.float32)

@@ -6,6 +6,10 @@ import dataclasses
 from typing import Any
 
 
+DECODER_FAMILIES = ("llama", "qwen2", "gemma")
+FAMILIES = ("bert",) + DECODER_FAMILIES
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Encoder + pooling + projection head.
@@ -14,7 +18,7 @@ class ModelConfig:
   Hugging Face `config.json` files onto it.
   """
 
-  family: str = "bert"  # encoder family; only "bert" (BERT/MiniLM) so far
+  family: str = "bert"  # "bert" (BERT/MiniLM) or a decoder LLM: "llama", "qwen2", "gemma"
   vocab_size: int = 30522
   hidden_size: int = 384
   num_layers: int = 6
@@ -23,16 +27,32 @@ class ModelConfig:
   max_position: int = 512
   type_vocab_size: int = 2
   layer_norm_eps: float = 1e-12
-  hidden_act: str = "gelu"  # "gelu" = exact erf GELU (BERT); "gelu_tanh"; "relu"
+  hidden_act: str = "gelu"  # "gelu" = exact erf GELU (BERT); "gelu_tanh"; "relu"; "silu"
+  # Decoder-LLM families only (RMSNorm, rotary positions, grouped-query attention, gated MLP):
+  num_kv_heads: int = 0  # key/value heads (grouped-query attention); 0 = num_heads
+  attention_head_dim: int = 0  # per-head width; 0 = hidden_size // num_heads
+  attention_bias: bool = False  # biases on q/k/v (Qwen2)
+  rope_theta: float = 10_000.0
+  causal: bool = False  # keep the LLM's causal mask (parity checks); embeddings use False
   dropout_rate: float = 0.0  # hidden and attention-probability dropout while training
   projection_dim: int = 0  # 0: no projection head; else Dense(hidden_size -> projection_dim)
   projection_bias: bool = True
   compute_dtype: str = "float32"  # "bfloat16" for TPU/GPU; parameters always stay float32
   remat: bool = False  # rematerialise each layer in the backward pass (saves activation memory)
+  remat_policy: str = "nothing_saveable"  # what remat keeps: nothing_saveable | dots_saveable |
+  #                                         dots_with_no_batch_dims_saveable (jax.checkpoint_policies)
 
   @property
   def head_dim(self) -> int:
-    return self.hidden_size // self.num_heads
+    return self.attention_head_dim or self.hidden_size // self.num_heads
+
+  @property
+  def kv_heads(self) -> int:
+    return self.num_kv_heads or self.num_heads
+
+  @property
+  def is_decoder(self) -> bool:
+    return self.family in DECODER_FAMILIES
 
   @property
   def embedding_dim(self) -> int:
@@ -48,8 +68,8 @@ class ModelConfig:
     unknown = sorted(set(values) - known)
     if unknown:
       raise ValueError(f"unknown model config key(s): {', '.join(unknown)}; known: {sorted(known)}")
-    if values.get("family", "bert") != "bert":
-      raise ValueError(f"unsupported encoder family {values['family']!r}; supported: 'bert'")
+    if values.get("family", "bert") not in FAMILIES:
+      raise ValueError(f"unsupported encoder family {values['family']!r}; supported: {FAMILIES}")
     return cls(**values)
 
   def replace(self, **changes) -> "ModelConfig":

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from gembed.models.bert import BertEncoder
+from gembed.models.decoder import DecoderEncoder
 from gembed.models.config import ModelConfig
 
 
@@ -36,7 +37,8 @@ class EmbeddingModel(nn.Module):
   @nn.compact
   def __call__(self, input_ids, attention_mask, deterministic: bool = True):
     cfg = self.config
-    hidden = BertEncoder(cfg, name="encoder")(input_ids, attention_mask, deterministic)
+    encoder_cls = DecoderEncoder if cfg.is_decoder else BertEncoder
+    hidden = encoder_cls(cfg, name="encoder")(input_ids, attention_mask, deterministic)
     pooled = mean_pool(hidden, attention_mask)
     if cfg.projection_dim:
       pooled = nn.Dense(

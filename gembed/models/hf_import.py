@@ -5,7 +5,7 @@ A directory holds `config.json`, `model.safetensors` (or shards listed in
 modules (`modules.json`, `sentence_bert_config.json`, `1_Pooling/`, `2_Dense/`, `Normalize`).
 
 The mapping between Hugging Face tensor names and gembed's parameter tree is one table
-(`_bert_mapping`), used in both directions, so import and export cannot drift apart.
+(`_bert_mapping`, `_decoder_mapping`), used in both directions, so import and export cannot drift apart.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from typing import Callable
 import numpy as np
 from safetensors import safe_open
 
-from gembed.models.config import ModelConfig
+from gembed.models.config import DECODER_FAMILIES, ModelConfig
 
 SUPPORTED_ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForPreTraining")
-_HF_ACT = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
+_HF_ACT = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu",
+           "silu": "silu"}
 
 
 class CheckpointImportError(ValueError):
@@ -40,10 +41,13 @@ def read_model_config(model_dir: str) -> ModelConfig:
   hf = _read_json(path)
   architectures = hf.get("architectures") or []
   model_type = hf.get("model_type")
+  if model_type in DECODER_FAMILIES:
+    return _decoder_config(hf, path)
   if model_type != "bert" or (architectures and architectures[0] not in SUPPORTED_ARCHITECTURES):
     raise CheckpointImportError(
         f"{path}: unsupported architecture {architectures[0] if architectures else model_type!r} "
-        f"(model_type {model_type!r}); gembed imports: {', '.join(SUPPORTED_ARCHITECTURES)}")
+        f"(model_type {model_type!r}); gembed imports: {', '.join(SUPPORTED_ARCHITECTURES)} and "
+        f"model_type {', '.join(DECODER_FAMILIES)}")
   if hf.get("position_embedding_type", "absolute") != "absolute":
     raise CheckpointImportError(
         f"{path}: position_embedding_type {hf['position_embedding_type']!r} is not supported")
@@ -62,6 +66,41 @@ def read_model_config(model_dir: str) -> ModelConfig:
       layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
       hidden_act=_HF_ACT[act],
       dropout_rate=hf.get("hidden_dropout_prob", 0.1),
+  )
+
+
+def _decoder_config(hf: dict, path: str) -> ModelConfig:
+  """Llama / Qwen2 / Gemma `config.json` -> ModelConfig; variants gembed cannot run are refused."""
+  family = hf["model_type"]
+  rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+  rope_type = rope.get("rope_type", rope.get("type", "default"))
+  if rope_type != "default":
+    raise CheckpointImportError(f"{path}: rope scaling {rope_type!r} is not supported (default only)")
+  if family == "llama" and (hf.get("attention_bias") or hf.get("mlp_bias")):
+    raise CheckpointImportError(f"{path}: Llama attention_bias / mlp_bias are not supported")
+  if family == "qwen2" and hf.get("use_sliding_window"):
+    raise CheckpointImportError(f"{path}: Qwen2 sliding-window attention is not supported")
+  if family == "gemma":
+    act = hf.get("hidden_activation") or "gelu_pytorch_tanh"
+  else:
+    act = hf.get("hidden_act", "silu")
+  if act not in _HF_ACT:
+    raise CheckpointImportError(f"{path}: unsupported activation {act!r}")
+  return ModelConfig(
+      family=family,
+      vocab_size=hf["vocab_size"],
+      hidden_size=hf["hidden_size"],
+      num_layers=hf["num_hidden_layers"],
+      num_heads=hf["num_attention_heads"],
+      num_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
+      attention_head_dim=hf.get("head_dim") or 0,
+      intermediate_size=hf["intermediate_size"],
+      max_position=hf["max_position_embeddings"],
+      layer_norm_eps=hf.get("rms_norm_eps", 1e-6),
+      hidden_act=_HF_ACT[act],
+      attention_bias=family == "qwen2",
+      rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10_000.0))),
+      dropout_rate=0.0,
   )
 
 
@@ -125,6 +164,47 @@ def _bert_mapping(config: ModelConfig) -> list[_Entry]:
   return entries
 
 
+def _decoder_mapping(config: ModelConfig) -> list[_Entry]:
+  """Llama / Qwen2 / Gemma names (`model.` prefix stripped; the LM head is not imported)."""
+  e, d = config.hidden_size, config.head_dim
+  same = (lambda x: x, lambda x: x)
+  linear = (lambda w: w.T, lambda k: k.T)
+
+  def heads_in(n):
+    return (lambda w: w.T.reshape(e, n, d), lambda k: k.reshape(e, n * d).T)
+
+  def heads_bias(n):
+    return (lambda b: b.reshape(n, d), lambda b: b.reshape(n * d))
+
+  heads_out = (lambda w: w.T.reshape(config.num_heads, d, e),
+               lambda k: k.reshape(config.num_heads * d, e).T)
+  entries = []
+
+  def add(path, key, fns):
+    entries.append(_Entry(tuple(path.split("/")), key, *fns))
+
+  add("encoder/token_embed/embedding", "embed_tokens.weight", same)
+  for i in range(config.num_layers):
+    ours, theirs = f"encoder/layer_{i}", f"layers.{i}"
+    add(f"{ours}/attention_norm/scale", f"{theirs}.input_layernorm.weight", same)
+    for name, proj, heads in (("query", "q_proj", config.num_heads), ("key", "k_proj", config.kv_heads),
+                              ("value", "v_proj", config.kv_heads)):
+      add(f"{ours}/attention/{name}/kernel", f"{theirs}.self_attn.{proj}.weight", heads_in(heads))
+      if config.attention_bias:
+        add(f"{ours}/attention/{name}/bias", f"{theirs}.self_attn.{proj}.bias", heads_bias(heads))
+    add(f"{ours}/attention/out/kernel", f"{theirs}.self_attn.o_proj.weight", heads_out)
+    add(f"{ours}/mlp_norm/scale", f"{theirs}.post_attention_layernorm.weight", same)
+    add(f"{ours}/mlp_gate/kernel", f"{theirs}.mlp.gate_proj.weight", linear)
+    add(f"{ours}/mlp_up/kernel", f"{theirs}.mlp.up_proj.weight", linear)
+    add(f"{ours}/mlp_down/kernel", f"{theirs}.mlp.down_proj.weight", linear)
+  add("encoder/final_norm/scale", "norm.weight", same)
+  return entries
+
+
+def _mapping(config: ModelConfig) -> list[_Entry]:
+  return _decoder_mapping(config) if config.is_decoder else _bert_mapping(config)
+
+
 def _expected_shapes(config: ModelConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
   import jax  # local: keep this module importable for shape checks without building a model
 
@@ -155,19 +235,19 @@ def read_safetensors(model_dir: str, filename: str = "model.safetensors") -> dic
   return tensors
 
 
-def _strip_prefix(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  # BertFor* checkpoints name the encoder "bert.<...>".
-  if any(k.startswith("bert.") for k in tensors):
-    return {k[len("bert."):]: v for k, v in tensors.items() if k.startswith("bert.")}
+def _strip_prefix(tensors: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+  # BertFor* checkpoints name the encoder "bert.<...>", *ForCausalLM ones "model.<...>".
+  if any(k.startswith(prefix) for k in tensors):
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
   return tensors
 
 
 def load_encoder_params(model_dir: str, config: ModelConfig) -> dict:
   """Encoder parameters from a Hugging Face directory, checked key by key and shape by shape."""
-  tensors = _strip_prefix(read_safetensors(model_dir))
+  tensors = _strip_prefix(read_safetensors(model_dir), "model." if config.is_decoder else "bert.")
   expected = _expected_shapes(config)
   params: dict = {}
-  for entry in _bert_mapping(config):
+  for entry in _mapping(config):
     if entry.hf_key not in tensors:
       raise CheckpointImportError(f"{model_dir}: missing tensor {entry.hf_key!r} "
                                   f"(needed for {'/'.join(entry.path)})")
@@ -187,7 +267,7 @@ def load_encoder_params(model_dir: str, config: ModelConfig) -> dict:
 def encoder_params_to_hf(params: dict, config: ModelConfig) -> dict[str, np.ndarray]:
   """Inverse of `load_encoder_params`: gembed tree -> Hugging Face BertModel tensors."""
   out = {}
-  for entry in _bert_mapping(config):
+  for entry in _mapping(config):
     node = params
     for k in entry.path:
       node = node[k]

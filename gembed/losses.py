@@ -13,6 +13,8 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from gembed import chunks
+
 _MASKED = -1e9  # a finite "minus infinity": logsumexp stays finite even if a row masks everything
 
 
@@ -31,8 +33,28 @@ def false_negative_mask(query_keys, positive_keys):
   return ~same | jnp.eye(query_keys.shape[0], dtype=bool)
 
 
+def _row_terms(q_rows, row_ids, row_query_keys, row_positive_keys, hard_rows, *, positive,
+               query_keys, positive_keys, temperature, decoupled):
+  """Per-row NCE terms (log-denominator - positive logit) and top-1 hits of the rows `row_ids`
+  against every positive of the batch: (c, B) logits for c rows."""
+  in_batch = (q_rows @ positive.T) / temperature  # float32
+  own = row_ids[:, None] == jnp.arange(positive.shape[0])[None, :]
+  positive_logit = jnp.sum(jnp.where(own, in_batch, 0.0), axis=1)
+  same = ((row_query_keys[:, None] == query_keys[None, :]) |
+          (row_positive_keys[:, None] == positive_keys[None, :]))
+  allowed = ~same | own  # off-diagonal false negatives out; the own positive stays
+  if decoupled:
+    allowed = allowed & ~own
+  logits = jnp.where(allowed, in_batch, _MASKED)
+  best_negative = jnp.max(jnp.where(own, _MASKED, logits), axis=1)
+  if hard_rows is not None:
+    logits = jnp.concatenate([logits, hard_rows], axis=1)
+    best_negative = jnp.maximum(best_negative, jnp.max(hard_rows, axis=1))
+  return jax.nn.logsumexp(logits, axis=1) - positive_logit, positive_logit > best_negative
+
+
 def nce_loss(query, positive, negatives=None, negative_valid=None, *, query_keys, positive_keys,
-             temperature: float, decoupled: bool = False):
+             temperature: float, decoupled: bool = False, row_chunk: int = 0):
   """Masked NCE with in-batch and hard negatives; returns (loss, top-1 accuracy).
 
   Args:
@@ -44,29 +66,26 @@ def nce_loss(query, positive, negatives=None, negative_valid=None, *, query_keys
     temperature: tau in exp(s / tau).
     decoupled: drop each row's own positive from its denominator, as method.md's mask read
       literally (decoupled contrastive loss); an ablation, off by default.
+    row_chunk: > 0 computes the logits `row_chunk` query rows at a time, recomputed in the
+      backward pass: memory O(row_chunk x B) instead of O(B x B), same result (GradCache).
   """
   q, p = _normalize(query), _normalize(positive)
   batch = q.shape[0]
-  in_batch = (q @ p.T) / temperature  # (B, B), float32
-  allowed = false_negative_mask(query_keys, positive_keys)
-  positive_logit = jnp.diagonal(in_batch)
-  if decoupled:
-    allowed = allowed & ~jnp.eye(batch, dtype=bool)
-  in_batch = jnp.where(allowed, in_batch, _MASKED)
-  logits = [in_batch]
+  hard = None
   if negatives is not None:
-    n = _normalize(negatives)
-    hard = jnp.einsum("bd,bkd->bk", q, n) / temperature  # (B, K)
+    hard = jnp.einsum("bd,bkd->bk", q, _normalize(negatives)) / temperature  # (B, K)
     if negative_valid is not None:
       hard = jnp.where(negative_valid, hard, _MASKED)
-    logits.append(hard)
-  logits = jnp.concatenate(logits, axis=1)  # (B, B + K)
-  denominator = jax.nn.logsumexp(logits, axis=1)
-  loss = jnp.mean(denominator - positive_logit)
-  # Accuracy: the own positive outscores every allowed negative.
-  best_negative = jnp.max(jnp.where(jnp.eye(batch, logits.shape[1], dtype=bool), _MASKED, logits), axis=1)
-  accuracy = jnp.mean((positive_logit > best_negative).astype(jnp.float32))
-  return loss, accuracy
+  rows = (q, jnp.arange(batch), query_keys, positive_keys, hard)
+  terms = functools.partial(_row_terms, positive=p, query_keys=query_keys,
+                            positive_keys=positive_keys, temperature=temperature, decoupled=decoupled)
+  if row_chunk and row_chunk < batch:
+    chunked = jax.tree.map(lambda x: chunks.to_chunks(x, row_chunk), rows)
+    per_row, hits = jax.lax.map(jax.checkpoint(lambda xs: terms(*xs)), chunked)
+    per_row, hits = chunks.from_chunks(per_row), chunks.from_chunks(hits)
+  else:
+    per_row, hits = terms(*rows)
+  return jnp.mean(per_row), jnp.mean(hits.astype(jnp.float32))
 
 
 def ring_nce_loss(query, positive, negatives=None, negative_valid=None, *, query_keys,

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gembed import losses
+from gembed import chunks, losses
 from gembed.models.config import ModelConfig
 from gembed.models.embedder import apply_model
 
@@ -30,6 +30,7 @@ class LossConfig:
   weights: tuple[float, ...] = ()  # one per dim; () = all 1
   decoupled: bool = False
   ring: bool = False  # ring NCE over the batch axes of the mesh set with `jax.set_mesh`
+  row_chunk: int = 0  # > 0: logits computed this many query rows at a time (O(chunk x B) memory)
 
 
 @flax.struct.dataclass
@@ -73,7 +74,8 @@ def contrastive_loss(loss_config: LossConfig, query, positive, negatives, batch)
         mesh, query, positive, negatives, batch.get("negative_valid"), **kwargs)
   else:
     total, per_dim, accuracy = losses.matryoshka_loss(
-        query, positive, negatives, batch.get("negative_valid"), **kwargs)
+        query, positive, negatives, batch.get("negative_valid"), row_chunk=loss_config.row_chunk,
+        **kwargs)
   metrics = {"loss": total, "accuracy": accuracy[max(dims)]}
   metrics.update({f"loss@{d}": v for d, v in per_dim.items()})
   return total, metrics
@@ -84,22 +86,6 @@ def loss_fn(params, batch, rng, model_config: ModelConfig, loss_config: LossConf
   return contrastive_loss(loss_config, query, positive, negatives, batch)
 
 
-def _to_chunks(x, chunk_size: int):
-  """(R, ...) -> (R // chunk_size, chunk_size, ...), chunk j holding rows j, j + n, j + 2n, ...
-
-  Strided rather than contiguous: with rows sharded contiguously over the data axis, every chunk
-  then holds an equal share of every device's rows, so all devices work on every chunk.
-  """
-  rows = x.shape[0]
-  if rows % chunk_size:
-    raise ValueError(f"GradCache: {rows} rows do not split into chunks of {chunk_size}")
-  return jnp.swapaxes(x.reshape((chunk_size, rows // chunk_size) + x.shape[1:]), 0, 1)
-
-
-def _from_chunks(y):
-  return jnp.swapaxes(y, 0, 1).reshape((-1,) + y.shape[2:])
-
-
 def cached_loss_and_grads(params, batch, rng, model_config: ModelConfig, loss_config: LossConfig,
                           chunk_size: int):
   """GradCache (Gao et al., 2021): the loss and parameter gradients of `loss_fn` with activation
@@ -107,7 +93,8 @@ def cached_loss_and_grads(params, batch, rng, model_config: ModelConfig, loss_co
 
   1. Embed every text in chunks of `chunk_size` rows, keeping no activations.
   2. Loss over the whole global batch (every in-batch and hard negative, the false-negative mask,
-     MRL) and its gradient with respect to the embeddings.
+     MRL) and its gradient with respect to the embeddings, its logits also `chunk_size` query rows
+     at a time (or the ring loss), so that no B x B matrix is held.
   3. Chunk by chunk, recompute the forward pass and pull that gradient back to the parameters.
   Each chunk's dropout rng is fixed by its index, so steps 1 and 3 see the same masks.
   """
@@ -120,14 +107,17 @@ def cached_loss_and_grads(params, batch, rng, model_config: ModelConfig, loss_co
     def embed(_, chunk, stream_rng=stream_rng):
       index, ids_c, mask_c = chunk
       return None, forward(ids_c, mask_c, stream_rng, index, params)
-    chunks = (_to_chunks(ids, chunk_size), _to_chunks(mask, chunk_size))
-    _, out = jax.lax.scan(embed, None, (jnp.arange(chunks[0].shape[0]), *chunks))
-    embeddings.append(jax.lax.stop_gradient(_from_chunks(out)))
+    pieces = (chunks.to_chunks(ids, chunk_size), chunks.to_chunks(mask, chunk_size))
+    _, out = jax.lax.scan(embed, None, (jnp.arange(pieces[0].shape[0]), *pieces))
+    embeddings.append(jax.lax.stop_gradient(chunks.from_chunks(out)))
   if len(embeddings) == 3:
     b, k = batch["negative_ids"].shape[:2]
     embeddings[2] = embeddings[2].reshape(b, k, -1)
   else:
     embeddings.append(None)
+
+  if not loss_config.ring:  # the global B x B logits would otherwise dominate memory
+    loss_config = dataclasses.replace(loss_config, row_chunk=chunk_size)
 
   def loss_on_embeddings(query, positive, negatives):
     return contrastive_loss(loss_config, query, positive, negatives, batch)
@@ -143,8 +133,8 @@ def cached_loss_and_grads(params, batch, rng, model_config: ModelConfig, loss_co
       _, pull = jax.vjp(lambda p: forward(ids_c, mask_c, stream_rng, index, p), params)
       return jax.tree.map(jnp.add, acc, pull(g_c)[0]), None
     cotangent = cotangent.reshape(ids.shape[0], -1)
-    chunks = [_to_chunks(x, chunk_size) for x in (ids, mask, cotangent)]
-    grads, _ = jax.lax.scan(backprop, grads, (jnp.arange(chunks[0].shape[0]), *chunks))
+    pieces = [chunks.to_chunks(x, chunk_size) for x in (ids, mask, cotangent)]
+    grads, _ = jax.lax.scan(backprop, grads, (jnp.arange(pieces[0].shape[0]), *pieces))
   return (loss, metrics), grads
 
 

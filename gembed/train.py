@@ -178,7 +178,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   dims = tuple(config.loss.mrl_dims) or (model_config.embedding_dim,)
   info = modeldir.ModelInfo(
       config=model_config.replace(dropout_rate=0.0), tokenizer_file=init_info.tokenizer_file,
-      max_length=max(config.data.query_length, config.data.document_length),
+      # Inference length: the initial model's (MiniLM: 256), or the training length if longer;
+      # training on short texts does not make long ones unreadable.
+      max_length=min(max(init_info.max_length, config.data.query_length, config.data.document_length),
+                     model_config.max_position),
       normalize=True, query_prompt=config.prompts.query, document_format=config.prompts.document,
       mrl_dims=dims, default_task=config.prompts.default_task, source=config.model.init)
   if jax.process_index() == 0:

@@ -84,5 +84,5 @@ def test_grad_cache_dropout_masks_agree_between_embedding_and_backprop():
 
 
 def test_chunk_size_must_divide_the_batch():
-  with pytest.raises(ValueError, match="do not split into chunks of 5"):
+  with pytest.raises(ValueError, match="rows do not split into chunks of 5"):
     _loss_and_grads(sharding.make_mesh((1, 1, 1), jax.devices()[:1]), 5)

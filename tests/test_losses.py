@@ -95,3 +95,24 @@ def test_accuracy_counts_rows_whose_positive_wins():
   keys = np.arange(4, dtype=np.int32)
   _, acc = losses.nce_loss(q, p, query_keys=keys, positive_keys=keys + 10, temperature=0.05)
   assert float(acc) == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_row_chunked_nce_equals_full_nce_with_gradients(decoupled):
+  import jax
+
+  q, p, n, valid, qk, pk = _batch(3, b=12, k=2)
+  qk[7] = qk[1]
+  pk[10] = pk[4]
+
+  def loss(q, p, n, chunk):
+    return losses.nce_loss(q, p, n, valid, query_keys=qk, positive_keys=pk, temperature=0.05,
+                           decoupled=decoupled, row_chunk=chunk)
+
+  full = jax.value_and_grad(lambda *a: loss(*a, 0)[0], argnums=(0, 1, 2))(q, p, n)
+  for chunk in (3, 4):
+    chunked = jax.value_and_grad(lambda *a: loss(*a, chunk)[0], argnums=(0, 1, 2))(q, p, n)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), chunked, full)
+    np.testing.assert_allclose(loss(q, p, n, chunk)[1], loss(q, p, n, 0)[1])
+  np.testing.assert_allclose(float(full[0]), reference_nce(q, p, n, valid, qk, pk, 0.05, decoupled),
+                             rtol=1e-5)

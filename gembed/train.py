@@ -41,7 +41,7 @@ def model_config_for_run(init: ModelConfig, cfg) -> ModelConfig:
   projection_dim = cfg.projection_dim or init.projection_dim
   return init.replace(projection_dim=projection_dim, projection_bias=cfg.projection_bias,
                       dropout_rate=cfg.dropout_rate, compute_dtype=cfg.compute_dtype,
-                      remat=cfg.remat)
+                      remat=cfg.remat, remat_policy=cfg.remat_policy)
 
 
 def initial_params(init_config: ModelConfig, init_params: dict, config: ModelConfig, rng) -> dict:
@@ -58,17 +58,39 @@ def initial_params(init_config: ModelConfig, init_params: dict, config: ModelCon
   return params
 
 
+def optimizer_state_sharding(optimizer, abstract_params, param_sharding, mesh):
+  """Optimizer moments take their parameter's sharding; counts and scalars are replicated."""
+  return optax.tree_map_params(
+      optimizer, lambda _, s: s, jax.eval_shape(optimizer.init, abstract_params), param_sharding,
+      transform_non_params=lambda _: sharding.replicated(mesh))
+
+
 def init_train_state(params, optimizer, rng, mesh) -> TrainState:
-  """State for sharded params: optimizer moments take their parameter's sharding, the rest
-  (step, counts, RNG) is replicated."""
+  """State for sharded params; step and RNG replicated."""
   replicated = sharding.replicated(mesh)
   param_sharding = jax.tree_util.tree_map(lambda x: x.sharding, params)
-  opt_sharding = optax.tree_map_params(
-      optimizer, lambda _, s: s, jax.eval_shape(optimizer.init, params), param_sharding,
-      transform_non_params=lambda _: replicated)
+  opt_sharding = optimizer_state_sharding(optimizer, params, param_sharding, mesh)
   return TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), replicated), params=params,
                     opt_state=jax.jit(optimizer.init, out_shardings=opt_sharding)(params),
                     rng=jax.device_put(rng, replicated))
+
+
+def jit_train_step(config, model_config: ModelConfig, optimizer, schedule, state_sharding, mesh):
+  """The jitted, sharded, donating train step of a config (trainer and AOT check alike)."""
+  if config.train.grad_cache and config.data.global_batch_size % config.train.grad_cache_chunk:
+    raise ValueError(f"train.grad_cache_chunk {config.train.grad_cache_chunk} must divide "
+                     f"data.global_batch_size {config.data.global_batch_size}")
+  loss_config = LossConfig(temperature=config.loss.temperature,
+                           dims=tuple(config.loss.mrl_dims) or (model_config.embedding_dim,),
+                           weights=tuple(config.loss.mrl_weights),
+                           decoupled=config.loss.decoupled, ring=config.loss.ring)
+  return jax.jit(
+      functools.partial(train_step, model_config=model_config, loss_config=loss_config,
+                        optimizer=optimizer, schedule=schedule,
+                        grad_cache_chunk=config.train.grad_cache_chunk if config.train.grad_cache else 0),
+      in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+      out_shardings=(state_sharding, sharding.replicated(mesh)),
+      donate_argnums=(0,))
 
 
 def maybe_initialize_distributed(enabled: bool) -> None:
@@ -191,9 +213,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   # Mesh and sharded state.
   mesh = sharding.make_mesh(config.mesh.shape)
-  if config.train.grad_cache and config.data.global_batch_size % config.train.grad_cache_chunk:
-    raise ValueError(f"train.grad_cache_chunk {config.train.grad_cache_chunk} must divide "
-                     f"data.global_batch_size {config.data.global_batch_size}")
   param_sharding = sharding.param_shardings(embedder.logical_axes(model_config), params, mesh)
   params = jax.device_put(params, param_sharding)
   optimizer, schedule = make_optimizer(config.optim)
@@ -222,17 +241,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     log.info("resumed from step %d of %s", start, workdir)
   start = start or 0
 
-  loss_config = LossConfig(temperature=config.loss.temperature, dims=dims,
-                           weights=tuple(config.loss.mrl_weights),
-                           decoupled=config.loss.decoupled, ring=config.loss.ring)
   batch_sharding = sharding.batch_sharding(mesh)
-  step_fn = jax.jit(
-      functools.partial(train_step, model_config=model_config, loss_config=loss_config,
-                        optimizer=optimizer, schedule=schedule,
-                        grad_cache_chunk=config.train.grad_cache_chunk if config.train.grad_cache else 0),
-      in_shardings=(state_sharding, batch_sharding),
-      out_shardings=(state_sharding, sharding.replicated(mesh)),
-      donate_argnums=(0,))
+  step_fn = jit_train_step(config, model_config, optimizer, schedule, state_sharding, mesh)
 
   def save(step: int, force: bool = False):
     manager.save(step, force=force, args=ocp.args.Composite(

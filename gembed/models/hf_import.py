@@ -285,6 +285,17 @@ class SentenceTransformersInfo:
   prompts: dict
 
 
+def sentence_transformers_dense_config(model_dir: str) -> dict | None:
+  """config.json of the Dense module of a sentence-transformers directory, if it has one."""
+  modules_path = os.path.join(model_dir, "modules.json")
+  if not os.path.exists(modules_path):
+    return None
+  for module in _read_json(modules_path):
+    if module["type"].rsplit(".", 1)[-1] == "Dense":
+      return _read_json(os.path.join(model_dir, module.get("path", ""), "config.json"))
+  return None
+
+
 def read_sentence_transformers(model_dir: str) -> SentenceTransformersInfo:
   modules_path = os.path.join(model_dir, "modules.json")
   max_length = None

@@ -3,6 +3,9 @@
     gembed bench encode [--texts FILE] [--n 2048] [--batch-size 64] [--max-length 128]
     gembed bench train  [--triples FILE] [--batch-size 64] [--max-length 128] [--steps 6]
     gembed bench data   [--triples FILE] [--batch-size 64] [--max-length 128] [--batches 40]
+    gembed bench memory [--batches 256 1024 4096] [--chunk 32] [--run-batch 1024]
+
+`train --no-peer` needs neither torch nor TensorFlow (an accelerator image with JAX only).
 
 Each prints both sides, their ratio and medians over repeats (these machines are noisy).
 The peer needs the `test` extra (torch + sentence-transformers).
@@ -66,8 +69,9 @@ def bench_encode(args) -> dict:
   return result
 
 
-def _gembed_train_setup(rows, batch_size, max_length, dims):
-  """The trainer's own pieces: imported MiniLM + projection, sharded state, jitted step."""
+def _gembed_train_setup(model_dir, rows, batch_size, max_length, dims, grad_cache_chunk=0):
+  """The trainer's own pieces: imported MiniLM + projection, sharded state, jitted step.
+  TensorFlow-free: batches come from the `tokenizers` path, not SeqIO."""
   import functools
 
   import jax
@@ -80,7 +84,7 @@ def _gembed_train_setup(rows, batch_size, max_length, dims):
   from gembed.tokenizer import Tokenizer
   from gembed.train import init_train_state, initial_params
 
-  info, params = modeldir.load_model(modeldir.default_model_dir())
+  info, params = modeldir.load_model(model_dir)
   config = info.config.replace(projection_dim=dims[0], dropout_rate=0.1)
   params = initial_params(info.config, params, config, jax.random.PRNGKey(0))
   mesh = sharding.make_mesh("data")
@@ -93,7 +97,8 @@ def _gembed_train_setup(rows, batch_size, max_length, dims):
   state_sharding = jax.tree_util.tree_map(lambda x: x.sharding, state)
   step = jax.jit(functools.partial(train_step, model_config=config,
                                    loss_config=LossConfig(temperature=0.05, dims=tuple(dims)),
-                                   optimizer=optimizer, schedule=schedule),
+                                   optimizer=optimizer, schedule=schedule,
+                                   grad_cache_chunk=grad_cache_chunk),
                  in_shardings=(state_sharding, sharding.batch_sharding(mesh)), donate_argnums=(0,))
   # The trainer's length buckets (configs/finetune.py): each batch is cut to the bucket of its
   # longest query / document, as data.length_buckets does.
@@ -122,35 +127,60 @@ def _gembed_train_setup(rows, batch_size, max_length, dims):
   return state, step, batches, step_flops, peak
 
 
+def _model_dir(args) -> str:
+  from gembed import modeldir
+  from gembed.cli import resolve_model_arg
+  return resolve_model_arg(args.model) if args.model else modeldir.default_model_dir()
+
+
 def bench_train(args) -> dict:
   import jax
-  import torch
-  from sentence_transformers import SentenceTransformer, losses, models
-
-  from gembed import modeldir
 
   dims = [384, 192, 96]
   rows = _read_rows(args.triples, args.batch_size * (args.steps + 1))
-  state, step, batches, step_flops, peak = _gembed_train_setup(rows, args.batch_size, args.max_length, dims)
+  state, step, batches, step_flops, peak = _gembed_train_setup(
+      _model_dir(args), rows, args.batch_size, args.max_length, dims, args.grad_cache_chunk)
   for batch in batches:  # compile every bucket pair once, outside the timing
     state, metrics = step(state, batch)
   jax.block_until_ready(metrics)
+  result = {"batch_size": args.batch_size, "max_length": args.max_length, "mrl_dims": dims,
+            "device": jax.devices()[0].device_kind, "devices": jax.device_count(),
+            "grad_cache_chunk": args.grad_cache_chunk,
+            "gembed_padding": "length buckets (16, 32, 64, 128) per batch"}
+  if args.no_peer:  # gembed alone (an accelerator image without torch)
+    times, achieved = [], []
+    for i in range(1, len(batches)):
+      start = time.perf_counter()
+      state, metrics = step(state, batches[i])
+      jax.block_until_ready(metrics)
+      times.append(time.perf_counter() - start)
+      achieved.append(step_flops[i] / times[-1])
+    return {**result, "steps_timed": len(times),
+            "gembed_examples_per_s": args.batch_size / statistics.median(times),
+            "gembed_mfu": statistics.median(achieved) / peak if peak else None}
 
-  base = SentenceTransformer(str(modeldir.default_model_dir()), device="cpu")
+  import torch
+  from sentence_transformers import SentenceTransformer, losses, models
+
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  base = SentenceTransformer(_model_dir(args), device=device)
   base.max_seq_length = args.max_length
   dense = models.Dense(384, 384, activation_function=torch.nn.Identity())
-  peer = SentenceTransformer(modules=[base[0], base[1], dense, models.Normalize()], device="cpu")
+  peer = SentenceTransformer(modules=[base[0], base[1], dense, models.Normalize()], device=device)
   peer.train()
   loss_fn = losses.MatryoshkaLoss(peer, losses.MultipleNegativesRankingLoss(peer, scale=20.0), dims)
   opt = torch.optim.AdamW(peer.parameters(), lr=2e-5)
 
   def peer_step(chunk):
-    features = [peer.tokenize([r[k] for r in chunk]) for k in ("query", "positive", "negative")]
+    features = [{name: t.to(device) for name, t in peer.tokenize([r[k] for r in chunk]).items()}
+                for k in ("query", "positive", "negative")]
     loss = loss_fn(features, None)
     opt.zero_grad()
     loss.backward()
     torch.nn.utils.clip_grad_norm_(peer.parameters(), 1.0)
     opt.step()
+    if device == "cuda":
+      torch.cuda.synchronize()  # time the work, not the launch
 
   chunks = [rows[i * args.batch_size:(i + 1) * args.batch_size] for i in range(len(batches))]
   peer_step(chunks[0])  # warm-up
@@ -166,12 +196,47 @@ def bench_train(args) -> dict:
     peer_times.append(time.perf_counter() - start)
   ours = args.batch_size / statistics.median(ours_times)
   theirs = args.batch_size / statistics.median(peer_times)
-  return {"batch_size": args.batch_size, "max_length": args.max_length, "mrl_dims": dims,
-          "steps_timed": len(ours_times), "gembed_examples_per_s": ours,
+  return {**result, "steps_timed": len(ours_times), "gembed_examples_per_s": ours,
           "sentence_transformers_examples_per_s": theirs, "ratio": ours / theirs,
           "gembed_mfu": statistics.median(ours_flops) / peak if peak else None,
-          "gembed_padding": "length buckets (16, 32, 64, 128) per batch",
           "peer_padding": "dynamic (longest text in the batch)"}
+
+
+def bench_memory(args) -> dict:
+  """Compiled per-device temporary memory of the plain and the GradCache step over global batch
+  sizes (XLA's buffer assignment, `memory_analysis()`), and measured throughput of both."""
+  import jax
+
+  dims = [384, 192, 96]
+  rows = _read_rows(args.triples, max(args.run_batch, args.batch_size) * (args.run_steps + 1))
+  result = {"max_length": args.max_length, "mrl_dims": dims, "hard_negatives": 1,
+            "grad_cache_chunk": args.chunk, "device": jax.devices()[0].device_kind,
+            "temp_gib": {}, "examples_per_s": {}}
+  for name, chunk in (("plain", 0), ("grad_cache", args.chunk)):
+    run_batch = args.batch_size if chunk == 0 else args.run_batch
+    state, step, batches, _, _ = _gembed_train_setup(_model_dir(args), rows, run_batch,
+                                                     args.max_length, dims, chunk)
+    result["temp_gib"][name] = {}
+    for b in args.batches:
+      shapes = {"query_ids": (b, args.max_length), "query_mask": (b, args.max_length),
+                "positive_ids": (b, args.max_length), "positive_mask": (b, args.max_length),
+                "negative_ids": (b, 1, args.max_length), "negative_mask": (b, 1, args.max_length),
+                "negative_valid": (b, 1), "query_key": (b,), "positive_key": (b,)}
+      abstract = {k: jax.ShapeDtypeStruct(v, bool if k == "negative_valid" else np.int32)
+                  for k, v in shapes.items()}
+      temp = step.lower(state, abstract).compile().memory_analysis().temp_size_in_bytes
+      result["temp_gib"][name][b] = temp / 2 ** 30
+      print(f"{name} batch {b}: temp {temp / 2 ** 30:.2f} GiB", flush=True)
+    times = []
+    for batch in batches[:args.run_steps + 1]:  # the first call compiles
+      start = time.perf_counter()
+      state, metrics = step(state, batch)
+      jax.block_until_ready(metrics)
+      times.append(time.perf_counter() - start)
+    result["examples_per_s"][f"{name}@{run_batch}"] = run_batch / statistics.median(times[1:])
+    print(f"{name} batch {run_batch}: {result['examples_per_s'][f'{name}@{run_batch}']:.2f} "
+          "examples/s", flush=True)
+  return result
 
 
 def bench_data(args) -> dict:
@@ -214,13 +279,27 @@ def add_parser(sub) -> None:
   train = kinds.add_parser("train", help="training examples/s, gembed vs sentence-transformers")
   train.add_argument("--triples", default=DEFAULT_TRIPLES)
   train.add_argument("--steps", type=int, default=6)
+  train.add_argument("--model", default=None, help="model directory (default: the shipped "
+                     "all-MiniLM-L6-v2)")
+  train.add_argument("--grad-cache-chunk", type=int, default=0, help="GradCache chunk rows (0: plain)")
+  train.add_argument("--no-peer", action="store_true",
+                     help="gembed only (no torch / sentence-transformers needed)")
   train.set_defaults(bench_fn=bench_train)
+  memory = kinds.add_parser("memory", help="compiled memory and throughput, plain vs GradCache")
+  memory.add_argument("--triples", default=DEFAULT_TRIPLES)
+  memory.add_argument("--model", default=None)
+  memory.add_argument("--batches", type=int, nargs="*", default=[256, 1024, 4096],
+                      help="global batch sizes (triples) whose compiled memory is reported")
+  memory.add_argument("--chunk", type=int, default=32, help="GradCache chunk rows")
+  memory.add_argument("--run-batch", type=int, default=1024, help="batch of the timed GradCache run")
+  memory.add_argument("--run-steps", type=int, default=2)
+  memory.set_defaults(bench_fn=bench_memory)
   data = kinds.add_parser("data", help="SeqIO tokenisation + batching texts/s")
   data.add_argument("--triples", default=DEFAULT_TRIPLES)
   data.add_argument("--batches", type=int, default=20)
   data.add_argument("--repeats", type=int, default=3)
   data.set_defaults(bench_fn=bench_data)
-  for p in (enc, train, data):
+  for p in (enc, train, memory, data):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-length", type=int, default=128)
 

@@ -1,0 +1,83 @@
+"""Ahead-of-time compilation of a config's train step: per-device memory before any run.
+
+The TPU path (`--topology`) needs libtpu (the `tpu` extra); the same code is tested here on the
+simulated 8-device CPU mesh, and on a real TPU topology only where libtpu is installed.
+"""
+
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from gembed import aot
+from tiny import make_tiny_bert_dir
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def tiny_init(tmp_path_factory, minilm_dir):
+  return make_tiny_bert_dir(str(tmp_path_factory.mktemp("tiny")),
+                            os.path.join(minilm_dir, "tokenizer.json"))
+
+
+def _config(init, batch, grad_cache=False, mesh="data", negatives=1):
+  sys.path.insert(0, os.path.join(ROOT, "configs"))
+  import common
+  c = common.get_base_config()
+  c.model.init = init
+  c.model.projection_dim = 32
+  c.loss.mrl_dims = (32, 16)
+  c.data.global_batch_size = batch
+  c.data.query_length = c.data.document_length = 32
+  c.data.num_negatives = negatives
+  c.train.grad_cache = grad_cache
+  c.train.grad_cache_chunk = 16
+  c.mesh.shape = mesh
+  return c
+
+
+def _temp(init, batch, grad_cache):
+  compiled, _ = aot.compile_train_step(_config(init, batch, grad_cache), jax.devices()[:1])
+  return aot.memory_report(compiled)["temp"]
+
+
+def test_grad_cache_memory_is_flat_in_batch_size_and_plain_is_not(tiny_init):
+  plain = [_temp(tiny_init, b, False) for b in (64, 1024)]
+  cached = [_temp(tiny_init, b, True) for b in (64, 1024)]
+  assert cached[1] <= 1.5 * cached[0], cached
+  assert plain[1] >= 8 * plain[0], plain
+  assert cached[1] * 8 < plain[1]
+
+
+def test_aot_on_the_simulated_mesh_reports_memory_and_sharding_errors(tiny_init):
+  compiled, _ = aot.compile_train_step(_config(tiny_init, 64, mesh="data_fsdp"))
+  report = aot.memory_report(compiled)
+  assert report["argument"] > 0 and report["temp"] > 0
+  assert report["peak_estimate"] == report["argument"] + report["output"] - report["alias"] + report["temp"]
+  with pytest.raises(ValueError, match="grad_cache_chunk 16 must divide"):
+    aot.compile_train_step(_config(tiny_init, 40, grad_cache=True))
+
+
+def test_aot_command_line(tiny_init):
+  out = subprocess.run(
+      [sys.executable, "-m", "gembed.aot", "--config", os.path.join(ROOT, "configs/finetune.py:tiny"),
+       f"--config.model.init={tiny_init}", "--config.model.projection_dim=32",
+       "--config.loss.mrl_dims=(32, 16)"],
+      capture_output=True, text=True, timeout=600,
+      env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+  assert out.returncode == 0, out.stderr
+  assert "cpu x 8, mesh (data, fsdp, tensor) = (8, 1, 1)" in out.stdout
+  assert "peak_estimate" in out.stdout
+  bad = subprocess.run([sys.executable, "-m", "gembed.aot", "--config",
+                        os.path.join(ROOT, "configs/finetune.py:tiny"), "--config.train.bogus=1"],
+                       capture_output=True, text=True, timeout=600)
+  assert bad.returncode == 2 and "bogus" in bad.stderr
+
+
+def test_tpu_topology_compiles_where_libtpu_is_installed(tiny_init):
+  pytest.importorskip("libtpu", reason="libtpu not installed (pip install 'gembed[tpu]')")
+  compiled, _ = aot.compile_train_step(_config(tiny_init, 64), aot.topology_devices("v5e:2x2"))
+  assert aot.memory_report(compiled)["temp"] > 0

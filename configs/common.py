@@ -22,6 +22,7 @@ def get_base_config():
   c.model.init = "all-MiniLM-L6-v2"  # any --model spec: HF dir, gembed workdir (params only)
   c.model.projection_dim = 384  # new linear head width (method.md's d); 0 keeps the init's head
   c.model.projection_bias = True  # bias of the projection head (open in the report)
+  c.model.projection_init = "orthogonal"  # orthogonal | lecun_normal (random either way)
   c.model.dropout_rate = 0.1  # hidden/attention dropout while training
   c.model.compute_dtype = "float32"  # "bfloat16" on TPU/GPU; parameters stay float32
   c.model.remat = False  # rematerialise layers in the backward pass

@@ -40,6 +40,7 @@ def model_config_for_run(init: ModelConfig, cfg) -> ModelConfig:
   """The init checkpoint's architecture with this run's head and compute settings."""
   projection_dim = cfg.projection_dim or init.projection_dim
   return init.replace(projection_dim=projection_dim, projection_bias=cfg.projection_bias,
+                      projection_init=cfg.projection_init,
                       dropout_rate=cfg.dropout_rate, compute_dtype=cfg.compute_dtype,
                       remat=cfg.remat, remat_policy=cfg.remat_policy)
 

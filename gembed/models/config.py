@@ -37,6 +37,9 @@ class ModelConfig:
   dropout_rate: float = 0.0  # hidden and attention-probability dropout while training
   projection_dim: int = 0  # 0: no projection head; else Dense(hidden_size -> projection_dim)
   projection_bias: bool = True
+  # Init of a new projection head: "orthogonal" (random, but keeps the encoder's cosine geometry
+  # at full width) or "lecun_normal" (a Gaussian; a square one distorts it: singular values 0-2).
+  projection_init: str = "orthogonal"
   compute_dtype: str = "float32"  # "bfloat16" for TPU/GPU; parameters always stay float32
   remat: bool = False  # rematerialise each layer in the backward pass (saves activation memory)
   remat_policy: str = "nothing_saveable"  # what remat keeps: nothing_saveable | dots_saveable |

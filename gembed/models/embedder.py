@@ -16,6 +16,10 @@ from gembed.models.decoder import DecoderEncoder
 from gembed.models.config import ModelConfig
 
 
+_PROJECTION_INITS = {"orthogonal": nn.initializers.orthogonal,
+                     "lecun_normal": nn.initializers.lecun_normal}
+
+
 def mean_pool(hidden, attention_mask):
   """Mean over non-padding positions (prompt tokens included), as sentence-transformers."""
   mask = attention_mask.astype(jnp.float32)[..., None]
@@ -45,7 +49,7 @@ class EmbeddingModel(nn.Module):
           cfg.projection_dim,
           use_bias=cfg.projection_bias,
           kernel_init=nn.with_logical_partitioning(
-              nn.initializers.lecun_normal(), ("embed", "proj")),
+              _PROJECTION_INITS[cfg.projection_init](), ("embed", "proj")),
           bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("proj",)),
           name="projection",
       )(pooled)

@@ -43,3 +43,24 @@ def test_padding_does_not_change_embeddings():
   padded_mask = np.concatenate([mask, np.zeros((1, 12), np.int32)], axis=1)
   long = embedder.apply_model(CONFIG, params, padded_ids, padded_mask)
   np.testing.assert_allclose(short, long, atol=1e-5)
+
+
+def test_new_orthogonal_head_keeps_the_encoders_cosine_geometry():
+  """A fresh square head is random but orthogonal: at full width the embeddings' cosines are
+  the encoder's own, so training starts from the pretrained model, not a distorted copy."""
+  batch = random_batch(1)
+  headless = TINY.replace(projection_dim=0)
+  params = embedder.init_params(TINY.replace(projection_dim=TINY.hidden_size), jax.random.PRNGKey(3))
+
+  def cosines(config, p):
+    e = np.asarray(embedder.l2_normalize(embedder.apply_model(config, p, batch["query_ids"],
+                                                              batch["query_mask"])))
+    return e @ e.T
+
+  encoder_only = {"encoder": params["encoder"]}
+  np.testing.assert_allclose(cosines(TINY.replace(projection_dim=TINY.hidden_size), params),
+                             cosines(headless, encoder_only), atol=1e-5)
+  gaussian = TINY.replace(projection_dim=TINY.hidden_size, projection_init="lecun_normal")
+  distorted = embedder.init_params(gaussian, jax.random.PRNGKey(3))
+  distorted["encoder"] = params["encoder"]
+  assert np.abs(cosines(gaussian, distorted) - cosines(headless, encoder_only)).max() > 1e-2

@@ -9,17 +9,11 @@ import numpy as np
 import pytest
 
 from gembed import losses, sharding
-from test_losses import reference_nce
+from test_losses import _batch as loss_batch, reference_nce
 
 
-def _batch(seed, b=16, k=2, d=24):
-  rng = np.random.default_rng(seed)
-  q = rng.normal(size=(b, d)).astype(np.float32)
-  p = rng.normal(size=(b, d)).astype(np.float32)
-  n = rng.normal(size=(b, k, d)).astype(np.float32)
-  valid = rng.random((b, k)) > 0.3
-  q_keys = np.arange(b, dtype=np.int32)
-  p_keys = np.arange(100, 100 + b, dtype=np.int32)
+def _batch(seed, b=16):
+  q, p, n, valid, q_keys, p_keys = loss_batch(seed, b=b, k=2, d=24)
   q_keys[b // 2 + 1] = q_keys[2]  # duplicate queries on different devices
   p_keys[b - 2] = p_keys[1]  # and duplicate positives
   p[3] = q[3]  # an easy positive, so accuracy is not trivially 0

@@ -26,6 +26,7 @@ def get_base_config():
   c.model.dropout_rate = 0.1  # hidden/attention dropout while training
   c.model.compute_dtype = "float32"  # "bfloat16" on TPU/GPU; parameters stay float32
   c.model.remat = False  # rematerialise layers in the backward pass
+  c.model.scan_layers = False  # nn.scan over stacked layers: one layer compiled (deep LLMs)
   c.model.remat_policy = "nothing_saveable"  # what remat keeps (jax.checkpoint_policies name):
   #   nothing_saveable (least memory) | dots_with_no_batch_dims_saveable | dots_saveable
 

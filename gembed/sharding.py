@@ -30,6 +30,7 @@ LOGICAL_AXIS_RULES = (
     ("kv", None),
     ("proj", None),
     ("length", None),
+    ("layers", None),  # the stacked-layer axis of scan_layers: every device holds every layer
 )
 
 # Named mesh shapes; -1 takes the remaining devices.

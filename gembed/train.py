@@ -42,12 +42,13 @@ def model_config_for_run(init: ModelConfig, cfg) -> ModelConfig:
   return init.replace(projection_dim=projection_dim, projection_bias=cfg.projection_bias,
                       projection_init=cfg.projection_init,
                       dropout_rate=cfg.dropout_rate, compute_dtype=cfg.compute_dtype,
-                      remat=cfg.remat, remat_policy=cfg.remat_policy)
+                      remat=cfg.remat, remat_policy=cfg.remat_policy, scan_layers=cfg.scan_layers)
 
 
 def initial_params(init_config: ModelConfig, init_params: dict, config: ModelConfig, rng) -> dict:
-  """Pretrained encoder; a new randomly initialised projection head unless the init has one."""
-  params = dict(init_params)
+  """Pretrained encoder (in this run's layer layout); a new randomly initialised projection head
+  unless the init has one."""
+  params = embedder.layer_layout(dict(init_params), config)
   keep_head = (init_config.projection_dim == config.projection_dim
                and init_config.projection_bias == config.projection_bias)
   if config.projection_dim and not keep_head:

@@ -23,7 +23,7 @@ def tiny_init(tmp_path_factory, minilm_dir):
                             os.path.join(minilm_dir, "tokenizer.json"))
 
 
-def _config(init, batch, grad_cache=False, mesh="data", negatives=1):
+def _config(init, batch, grad_cache=False, mesh="data", negatives=1, scan_layers=False):
   sys.path.insert(0, os.path.join(ROOT, "configs"))
   import common
   c = common.get_base_config()
@@ -36,6 +36,7 @@ def _config(init, batch, grad_cache=False, mesh="data", negatives=1):
   c.train.grad_cache = grad_cache
   c.train.grad_cache_chunk = 16
   c.mesh.shape = mesh
+  c.model.scan_layers = scan_layers
   return c
 
 
@@ -53,7 +54,7 @@ def test_grad_cache_memory_is_flat_in_batch_size_and_plain_is_not(tiny_init):
 
 
 def test_aot_on_the_simulated_mesh_reports_memory_and_sharding_errors(tiny_init):
-  compiled, _ = aot.compile_train_step(_config(tiny_init, 64, mesh="data_fsdp"))
+  compiled, _ = aot.compile_train_step(_config(tiny_init, 64, mesh="data_fsdp", scan_layers=True))
   report = aot.memory_report(compiled)
   assert report["argument"] > 0 and report["temp"] > 0
   assert report["peak_estimate"] == report["argument"] + report["output"] - report["alias"] + report["temp"]

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from gembed.models import embedder
 from gembed.steps import LossConfig, loss_fn
@@ -64,3 +65,32 @@ def test_new_orthogonal_head_keeps_the_encoders_cosine_geometry():
   distorted = embedder.init_params(gaussian, jax.random.PRNGKey(3))
   distorted["encoder"] = params["encoder"]
   assert np.abs(cosines(gaussian, distorted) - cosines(headless, encoder_only)).max() > 1e-2
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+@pytest.mark.parametrize("remat", [False, True])
+def test_scan_over_layers_gives_the_unrolled_model(family, remat):
+  """Same embeddings and gradients (in the unrolled layout) with one scanned layer."""
+  config = CONFIG if family == "bert" else CONFIG.replace(
+      family="llama", num_kv_heads=2, hidden_act="silu", layer_norm_eps=1e-6)
+  config = config.replace(remat=remat)
+  scanned_config = config.replace(scan_layers=True)
+  params = embedder.init_params(config, jax.random.PRNGKey(0))
+  scanned = embedder.layer_layout(params, scanned_config)
+  assert "layers" in scanned["encoder"] and "layer_0" not in scanned["encoder"]
+  assert scanned["encoder"]["layers"]["mlp_norm"]["scale"].shape[0] == config.num_layers
+  batch = random_batch(2)
+  loss = LossConfig(temperature=0.05, dims=(16, 8))
+
+  def grads(cfg, p):
+    return jax.grad(lambda p: loss_fn(p, batch, None, cfg, loss)[0])(p)
+
+  unrolled_grads = grads(config, params)
+  scanned_grads = embedder.layer_layout(jax.tree.map(np.asarray, grads(scanned_config, scanned)), config)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5),
+               scanned_grads, jax.tree.map(np.asarray, unrolled_grads))
+  # The init of a scanned model has the scanned layout and logical axes name the layer axis.
+  abstract = embedder.logical_axes(scanned_config)
+  assert abstract["encoder"]["layers"]["mlp_in" if family == "bert" else "mlp_up"]["kernel"][0] == "layers"
+  back = embedder.layer_layout(scanned, config)
+  jax.tree.map(np.testing.assert_array_equal, back, jax.tree.map(np.asarray, params))

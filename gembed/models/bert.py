@@ -52,6 +52,26 @@ def layer_norm(eps: float, name: str) -> nn.LayerNorm:
   )
 
 
+def run_layers(layer_cls, cfg: ModelConfig, x, *args, static_argnums=()):
+  """The layer stack, called from a parent's compact method: unrolled (parameters `layer_0` ...
+  `layer_{n-1}`), or with `cfg.scan_layers` one `nn.scan` over parameters stacked on a leading
+  "layers" axis (`layers/...`), which traces and compiles a single layer. `remat` wraps the layer
+  either way. `embedder.layer_layout` converts parameters between the two layouts."""
+  if cfg.remat:
+    layer_cls = nn.remat(layer_cls, static_argnums=static_argnums,
+                         policy=getattr(jax.checkpoint_policies, cfg.remat_policy))
+  if not cfg.scan_layers:
+    for i in range(cfg.num_layers):
+      x = layer_cls(cfg, name=f"layer_{i}")(x, *args)
+    return x
+  scanned = nn.scan(layer_cls, variable_axes={"params": 0},
+                    split_rngs={"params": True, "dropout": True},
+                    in_axes=(nn.broadcast,) * len(args), length=cfg.num_layers,
+                    metadata_params={nn.PARTITION_NAME: "layers"})
+  x, _ = scanned(cfg, name="layers")(x, *args)
+  return x
+
+
 class SelfAttention(nn.Module):
   config: ModelConfig
 
@@ -108,7 +128,8 @@ class EncoderLayer(nn.Module):
                    kernel_init=_dense_init(("mlp", "embed")), bias_init=_zeros(("embed",)),
                    name="mlp_out")(hidden)
     x = layer_norm(cfg.layer_norm_eps, name="mlp_norm")(x + dropout(out, deterministic=deterministic))
-    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    return (x, None) if cfg.scan_layers else x  # nn.scan wants (carry, output)
 
 
 class BertEncoder(nn.Module):
@@ -136,10 +157,5 @@ class BertEncoder(nn.Module):
     # Bidirectional: every token sees every non-padding token.
     attention_bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0,
                                jnp.finfo(jnp.float32).min).astype(jnp.float32)
-    layer_cls = EncoderLayer
-    if cfg.remat:
-      layer_cls = nn.remat(EncoderLayer, static_argnums=(3,),
-                           policy=getattr(jax.checkpoint_policies, cfg.remat_policy))
-    for i in range(cfg.num_layers):
-      x = layer_cls(cfg, name=f"layer_{i}")(x, attention_bias, deterministic)
+    x = run_layers(EncoderLayer, cfg, x, attention_bias, deterministic, static_argnums=(3,))
     return x.astype(jnp.float32)

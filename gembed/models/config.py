@@ -42,6 +42,7 @@ class ModelConfig:
   projection_init: str = "orthogonal"
   compute_dtype: str = "float32"  # "bfloat16" for TPU/GPU; parameters always stay float32
   remat: bool = False  # rematerialise each layer in the backward pass (saves activation memory)
+  scan_layers: bool = False  # one nn.scan over stacked layer parameters (compiles one layer)
   remat_policy: str = "nothing_saveable"  # what remat keeps: nothing_saveable | dots_saveable |
   #                                         dots_with_no_batch_dims_saveable (jax.checkpoint_policies)
 

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gembed.models.bert import _dense_init, _ones, _zeros, activation
+from gembed.models.bert import _dense_init, _ones, _zeros, activation, run_layers
 from gembed.models.config import ModelConfig
 
 
@@ -93,7 +93,8 @@ class DecoderLayer(nn.Module):
     gate = activation(cfg.hidden_act)(dense(cfg.intermediate_size, ("embed", "mlp"), "mlp_gate")(normed))
     up = dense(cfg.intermediate_size, ("embed", "mlp"), "mlp_up")(normed)
     x = x + dense(cfg.hidden_size, ("mlp", "embed"), "mlp_down")(gate * up)
-    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    return (x, None) if cfg.scan_layers else x  # nn.scan wants (carry, output)
 
 
 class DecoderEncoder(nn.Module):
@@ -116,9 +117,5 @@ class DecoderEncoder(nn.Module):
     if cfg.causal:
       visible = visible & jnp.tril(jnp.ones((input_ids.shape[1],) * 2, bool))[None, None]
     attention_bias = jnp.where(visible, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
-    layer_cls = DecoderLayer
-    if cfg.remat:
-      layer_cls = nn.remat(DecoderLayer, policy=getattr(jax.checkpoint_policies, cfg.remat_policy))
-    for i in range(cfg.num_layers):
-      x = layer_cls(cfg, name=f"layer_{i}")(x, positions, attention_bias)
+    x = run_layers(DecoderLayer, cfg, x, positions, attention_bias)
     return RMSNorm(cfg.layer_norm_eps, cfg.family == "gemma", name="final_norm")(x)

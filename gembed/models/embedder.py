@@ -10,6 +10,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gembed.models.bert import BertEncoder
 from gembed.models.decoder import DecoderEncoder
@@ -58,6 +59,20 @@ class EmbeddingModel(nn.Module):
 
 def _dummy_inputs():
   return jnp.zeros((1, 8), jnp.int32), jnp.ones((1, 8), jnp.int32)
+
+
+def layer_layout(params: dict, config: ModelConfig) -> dict:
+  """`params` with the encoder's layers as `config` runs them: `layer_0` ... `layer_{n-1}`, or
+  stacked under `layers` (config.scan_layers). Host arrays; a no-op when already in layout."""
+  encoder = dict(params["encoder"])
+  if config.scan_layers and "layer_0" in encoder:
+    layers = [encoder.pop(f"layer_{i}") for i in range(config.num_layers)]
+    encoder["layers"] = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *layers)
+  elif not config.scan_layers and "layers" in encoder:
+    stacked = encoder.pop("layers")
+    for i in range(config.num_layers):
+      encoder[f"layer_{i}"] = jax.tree.map(lambda x, i=i: np.asarray(x[i]), stacked)
+  return {**params, "encoder": encoder}
 
 
 def init_params(config: ModelConfig, rng) -> dict:

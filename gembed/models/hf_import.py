@@ -209,7 +209,8 @@ def _expected_shapes(config: ModelConfig) -> dict[tuple[str, ...], tuple[int, ..
   import jax  # local: keep this module importable for shape checks without building a model
 
   from gembed.models.embedder import init_params
-  abstract = jax.eval_shape(lambda: init_params(config.replace(projection_dim=0), jax.random.PRNGKey(0)))
+  abstract = jax.eval_shape(lambda: init_params(config.replace(projection_dim=0, scan_layers=False),
+                                                jax.random.PRNGKey(0)))
   flat = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]:
     flat[tuple(k.key for k in path)] = tuple(leaf.shape)
@@ -261,11 +262,14 @@ def load_encoder_params(model_dir: str, config: ModelConfig) -> dict:
     for k in entry.path[:-1]:
       node = node.setdefault(k, {})
     node[entry.path[-1]] = entry.to_gembed(tensors[entry.hf_key])
-  return params
+  from gembed.models.embedder import layer_layout
+  return layer_layout(params, config)
 
 
 def encoder_params_to_hf(params: dict, config: ModelConfig) -> dict[str, np.ndarray]:
   """Inverse of `load_encoder_params`: gembed tree -> Hugging Face BertModel tensors."""
+  from gembed.models.embedder import layer_layout
+  params = layer_layout(params, config.replace(scan_layers=False))
   out = {}
   for entry in _mapping(config):
     node = params

@@ -72,6 +72,21 @@ def run_layers(layer_cls, cfg: ModelConfig, x, *args, static_argnums=()):
   return x
 
 
+def attend(query, key, value, attention_bias, dtype, dropout=None):
+  """Softmax attention of (batch, length, heads, head_dim) operands; float32 scores.
+
+  Heads-major layout + plain batched matmuls: on XLA:CPU this runs ~2.5x faster than the
+  equivalent einsum over (batch, length, heads, head_dim) operands.
+  """
+  query, key, value = (t.transpose(0, 2, 1, 3) for t in (query, key, value))
+  scores = jnp.matmul(query, key.transpose(0, 1, 3, 2), preferred_element_type=jnp.float32)
+  scores = scores / jnp.sqrt(jnp.float32(query.shape[-1])) + attention_bias
+  probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+  if dropout is not None:
+    probs = dropout(probs)
+  return jnp.matmul(probs, value).transpose(0, 2, 1, 3)
+
+
 class SelfAttention(nn.Module):
   config: ModelConfig
 
@@ -89,14 +104,8 @@ class SelfAttention(nn.Module):
     query = qkv(name="query")(x)
     key = qkv(name="key")(x)
     value = qkv(name="value")(x)
-    # Heads-major layout + plain batched matmuls: on XLA:CPU this runs ~2.5x faster than the
-    # equivalent einsum over (batch, length, heads, head_dim) operands.
-    query, key, value = (t.transpose(0, 2, 1, 3) for t in (query, key, value))
-    scores = jnp.matmul(query, key.transpose(0, 1, 3, 2), preferred_element_type=jnp.float32)
-    scores = scores / jnp.sqrt(jnp.float32(cfg.head_dim)) + attention_bias
-    probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-    probs = nn.Dropout(cfg.dropout_rate)(probs, deterministic=deterministic)
-    context = jnp.matmul(probs, value).transpose(0, 2, 1, 3)
+    dropout = functools.partial(nn.Dropout(cfg.dropout_rate), deterministic=deterministic)
+    context = attend(query, key, value, attention_bias, dtype, dropout)
     return nn.DenseGeneral(
         features=cfg.hidden_size,
         axis=(-2, -1),

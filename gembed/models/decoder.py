@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gembed.models.bert import _dense_init, _ones, _zeros, activation, run_layers
+from gembed.models.bert import _dense_init, _ones, _zeros, activation, attend, run_layers
 from gembed.models.config import ModelConfig
 
 
@@ -64,11 +64,7 @@ class DecoderAttention(nn.Module):
     # Grouped-query attention: query heads [g * n, (g + 1) * n) share key/value head g.
     groups = cfg.num_heads // cfg.kv_heads
     key, value = (jnp.repeat(t, groups, axis=2) for t in (key, value))
-    query, key, value = (t.transpose(0, 2, 1, 3) for t in (query, key, value))
-    scores = jnp.matmul(query, key.transpose(0, 1, 3, 2), preferred_element_type=jnp.float32)
-    scores = scores / jnp.sqrt(jnp.float32(cfg.head_dim)) + attention_bias
-    probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-    context = jnp.matmul(probs, value).transpose(0, 2, 1, 3)
+    context = attend(query, key, value, attention_bias, dtype)
     return nn.DenseGeneral(features=cfg.hidden_size, axis=(-2, -1), dtype=dtype, use_bias=False,
                            kernel_init=_dense_init(("heads", "kv", "embed")), name="out")(context)
 

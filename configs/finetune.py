@@ -8,6 +8,8 @@ Initialises from stage 1's final checkpoint (a fresh optimizer; the projection h
 `--config configs/finetune.py:proportional` samples tasks by size instead (XNLI dominates): the
 second ingredient of a soup that differs in data mixture (docs/soup.md).
 `--config configs/finetune.py:tiny` is a seconds-long variant for smoke tests.
+`--config configs/finetune.py:mined` trains on the pair sets with the negatives `gembed mine` wrote
+(data.dir holds medquad.jsonl, quora.jsonl, mrpc.jsonl, cosqa.jsonl; docs/data-stage.md).
 """
 
 import os
@@ -36,8 +38,16 @@ def get_config(arg=None):
   c.ckpt.every = 100
   c.eval.every = 100
   c.eval.tasks = ("sts/stsb",)  # read with split=dev: stsb/dev.jsonl
-  if arg not in (None, "", "proportional", "tiny"):
-    raise ValueError(f"configs/finetune.py:{arg}: variants are 'proportional' and 'tiny'")
+  if arg not in (None, "", "proportional", "tiny", "mined"):
+    raise ValueError(f"configs/finetune.py:{arg}: variants are 'proportional', 'tiny' and 'mined'")
+  if arg == "mined":
+    c.data.tasks = [
+        common.task("medquad", ["medquad.jsonl"], "question answering"),
+        common.task("quora", ["quora.jsonl"], "sentence similarity"),
+        common.task("mrpc", ["mrpc.jsonl"], "sentence similarity"),
+        common.task("cosqa", ["cosqa.jsonl"], "code retrieval"),
+    ]
+    c.data.document_length = 128
   if arg == "proportional":
     c.data.mixing = "proportional"
   elif arg == "tiny":

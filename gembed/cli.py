@@ -151,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
   demo.add_argument("--output", required=True)
   demo.set_defaults(func=_demo_data)
 
+  from gembed.llmdata import filter as llm_filter, mine, synth
+  for step in (mine, llm_filter, synth):
+    step.add_parser(sub)
+
   from gembed import bench
   bench.add_parser(sub)
   sub.choices["bench"].set_defaults(func=bench.run)

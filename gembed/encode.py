@@ -9,13 +9,13 @@ optional prefix truncation to an MRL dimension -> L2 normalisation.
 from __future__ import annotations
 
 import logging
-import sys
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from gembed.modeldir import ModelInfo
+from gembed.progress import progress_bar
 from gembed.models.embedder import apply_model
 from gembed.tokenizer import Tokenizer
 
@@ -65,7 +65,7 @@ class TextEncoder:
       log.warning("%d of %d texts were truncated to %d tokens", truncated, len(texts), self.max_length)
     order = np.argsort([len(x) for x in ids], kind="stable")
     starts = range(0, len(order), self.batch_size)
-    bar = _progress(len(starts), progress)
+    bar = progress_bar(len(starts), progress, unit="batch")
     outputs = []
     for start in starts:
       rows = order[start:start + self.batch_size]
@@ -92,18 +92,3 @@ class TextEncoder:
   def encode_formatted(self, texts: list[str], *, dim: int | None = None, normalize: bool = True,
                        progress: bool = False) -> np.ndarray:
     return truncate_and_normalize(self.embed_raw(texts, progress), dim, normalize)
-
-
-class _NoBar:
-  def update(self, n):
-    pass
-
-  def close(self):
-    pass
-
-
-def _progress(total: int, enabled: bool):
-  if not enabled or total < 2:
-    return _NoBar()
-  from tqdm import tqdm
-  return tqdm(total=total, unit="batch", file=sys.stderr, dynamic_ncols=True)

@@ -1,0 +1,168 @@
+"""`gembed synth`: synthetic training data by few-shot generation, then an LLM rater.
+
+- `gembed synth retrieval`: for each seed passage, the LLM writes a task description and a query
+  the passage answers -> training rows {"query", "positive", "task", "task_description"}.
+- `gembed synth classification`: for each label, the LLM writes batches of texts of that label for
+  a described task (counterfactual statements, sentiment, reviews, ...), optionally shown real
+  examples -> classification rows {"text", "label"} (the layout of shared/data classification).
+
+Every generated item then goes past a rater prompt; items judged unrealistic or wrong are
+dropped, as are items the rater could not judge and exact duplicates. Each request carries a
+`seed`, so several generations of one prompt are distinct cache entries and reruns are exact.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from gembed.llmdata import prompts
+from gembed.llmdata.mine import write_jsonl, write_summary
+from gembed.llmdata.neighbours import normalize_text
+from gembed.textio import InputError, iter_jsonl, read_texts
+
+
+def _rate(client, items: list[str]):
+  return client.map([(prompts.rater_messages(item), prompts.parse_rating) for item in items],
+                    desc="rating")
+
+
+def _provenance(client) -> dict:
+  return {"llm_model": client.config.model,
+          "prompts_sha256": prompts.prompts_hash(*prompts.SYNTH_PROMPTS)}
+
+
+def synth_retrieval(passages: list[str], client, *, queries_per_passage: int = 1,
+                    task_name: str = "synthetic"):
+  requests = [(prompts.synth_query_messages(p), prompts.parse_synth_query)
+              for p in passages for _ in range(queries_per_passage)]
+  seeds = [j for _ in passages for j in range(queries_per_passage)]
+  generated = _map_seeded(client, requests, seeds, "generating queries")
+  counts = {"passages": len(passages), "generated": 0, "generation_failed": 0, "duplicates": 0,
+            "rated_unrealistic": 0, "rating_failed": 0, "written": 0}
+  items, seen = [], set()
+  for n, result in enumerate(generated):
+    if not result.ok:
+      counts["generation_failed"] += 1
+      continue
+    counts["generated"] += 1
+    passage = passages[n // queries_per_passage]
+    key = (normalize_text(result.value["query"]), normalize_text(passage))
+    if key in seen:
+      counts["duplicates"] += 1
+      continue
+    seen.add(key)
+    items.append((result.value, passage))
+  ratings = _rate(client, [f"Query: {v['query']}\nPassage: {p}" for v, p in items])
+  out, provenance = [], _provenance(client)
+  for (value, passage), rating in zip(items, ratings):
+    if not rating.ok:
+      counts["rating_failed"] += 1
+    elif not rating.value:
+      counts["rated_unrealistic"] += 1
+    else:
+      out.append({"query": value["query"], "positive": passage, "task": task_name,
+                  "task_description": value["task"], "synth": provenance})
+  counts["written"] = len(out)
+  return out, counts
+
+
+def synth_classification(labels: list[str], client, *, description: str, per_label: int,
+                         batch_size: int = 8, examples: dict[str, list[str]] | None = None):
+  batches = -(-per_label // batch_size)
+  requests, seeds, owners = [], [], []
+  for label in labels:
+    shown = (examples or {}).get(label, [])[:3]
+    for b in range(batches):
+      requests.append((prompts.synth_classification_messages(description, label, batch_size, b,
+                                                             shown), prompts.parse_texts))
+      seeds.append(b)
+      owners.append(label)
+  generated = _map_seeded(client, requests, seeds, "generating texts")
+  counts = {"labels": len(labels), "generated": 0, "generation_failed": 0, "duplicates": 0,
+            "rated_unrealistic": 0, "rating_failed": 0, "written": 0}
+  items, seen, per = [], set(), {label: 0 for label in labels}
+  for label, result in zip(owners, generated):
+    if not result.ok:
+      counts["generation_failed"] += 1
+      continue
+    for text in result.value:
+      counts["generated"] += 1
+      if normalize_text(text) in seen:
+        counts["duplicates"] += 1
+        continue
+      seen.add(normalize_text(text))
+      items.append((text, label))
+  ratings = _rate(client, [f"Task: {description}\nLabel: {label}\nText: {text}"
+                           for text, label in items])
+  out, provenance = [], _provenance(client)
+  for (text, label), rating in zip(items, ratings):
+    if not rating.ok:
+      counts["rating_failed"] += 1
+    elif not rating.value:
+      counts["rated_unrealistic"] += 1
+    elif per[label] < per_label:
+      per[label] += 1
+      out.append({"text": text, "label": label, "synth": provenance})
+  counts["written"] = len(out)
+  return out, counts
+
+
+def _map_seeded(client, requests, seeds, desc):
+  """client.map with a per-request seed in the body (distinct, reproducible generations)."""
+  return client.map([(messages, parse, {"seed": seed})
+                     for (messages, parse), seed in zip(requests, seeds)], desc=desc)
+
+
+def read_examples(path: str) -> dict[str, list[str]]:
+  examples: dict[str, list[str]] = {}
+  for number, row in iter_jsonl(path):
+    if not isinstance(row.get("text"), str) or not isinstance(row.get("label"), (str, int)):
+      raise InputError(f"{path}:{number}: expected a string 'text' and a 'label'")
+    examples.setdefault(str(row["label"]), []).append(row["text"])
+  return examples
+
+
+def run_cli(args) -> int:
+  from gembed.llmdata.client import LLMClient, llm_config_from_args
+  client = LLMClient(llm_config_from_args(args, default_temperature=1.0), progress=not args.quiet)
+  if args.kind == "retrieval":
+    passages = read_texts(args.passages)
+    out, counts = synth_retrieval(passages, client, queries_per_passage=args.queries_per_passage,
+                                  task_name=args.task_name)
+  else:
+    examples = read_examples(args.examples) if args.examples else None
+    labels = args.labels or sorted(examples or [])
+    if not labels:
+      raise ValueError("synth classification needs --labels (or --examples to take them from)")
+    out, counts = synth_classification(labels, client, description=args.description,
+                                       per_label=args.per_label, batch_size=args.batch_size,
+                                       examples=examples)
+  write_jsonl(args.output, out)
+  write_summary(args.output, {"kind": args.kind, "counts": counts,
+                              "llm": {"model": client.config.model, "stats": client.stats}})
+  print(f"gembed synth {args.kind}: wrote {args.output}: {json.dumps(counts)}", file=sys.stderr)
+  return 0
+
+
+def add_parser(sub):
+  from gembed.llmdata.client import add_llm_arguments
+  p = sub.add_parser("synth", help="generate synthetic training data with an LLM, then rate it")
+  kinds = p.add_subparsers(dest="kind", required=True)
+  r = kinds.add_parser("retrieval", help="(task, query) for each seed passage -> training rows")
+  r.add_argument("--passages", required=True, help=".jsonl (a 'text' field) or .txt")
+  r.add_argument("--queries-per-passage", type=int, default=1)
+  r.add_argument("--task-name", default="synthetic", help="the rows' 'task' field")
+  c = kinds.add_parser("classification", help="labelled texts for a described task")
+  c.add_argument("--description", required=True, help="e.g. 'sentiment of product reviews' or "
+                 "'counterfactual statements in customer feedback'")
+  c.add_argument("--labels", nargs="*", default=None)
+  c.add_argument("--examples", default=None, help="labelled .jsonl (text, label): few-shot "
+                 "examples, up to 3 per label")
+  c.add_argument("--per-label", type=int, default=32)
+  c.add_argument("--batch-size", type=int, default=8, help="texts asked for per request")
+  for q in (r, c):
+    q.add_argument("--output", required=True)
+    q.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_llm_arguments(q)
+    q.set_defaults(func=run_cli)

@@ -9,10 +9,12 @@ class InputError(ValueError):
   """Bad user input; the message names the file, the line and the problem."""
 
 
-def read_lines(path: str) -> list[str]:
-  """UTF-8 lines of a file (without newline), with invalid UTF-8 reported by line."""
-  with open(path, "rb") as f:
-    raw = f.read()
+def read_lines(path: str, raw: bytes | None = None) -> list[str]:
+  """UTF-8 lines of a file (without newline), with invalid UTF-8 reported by line. `raw`: the
+  file's bytes when they were read some other way (Beam's FileSystems for gs:// paths)."""
+  if raw is None:
+    with open(path, "rb") as f:
+      raw = f.read()
   lines = raw.split(b"\n")
   if lines and lines[-1] == b"":
     lines.pop()
@@ -25,9 +27,9 @@ def read_lines(path: str) -> list[str]:
   return out
 
 
-def iter_jsonl(path: str):
+def iter_jsonl(path: str, raw: bytes | None = None):
   """Yields (line_number, object) for each non-blank line of a JSON Lines file."""
-  for number, line in enumerate(read_lines(path), start=1):
+  for number, line in enumerate(read_lines(path, raw), start=1):
     if not line.strip():
       continue
     try:

@@ -218,30 +218,3 @@ def parse_json_object(content: str) -> dict:
       pass
     start = content.find("{", start + 1)
   raise MalformedResponse(f"no JSON object in {content[:80]!r}")
-
-
-def add_llm_arguments(parser, required: bool = True):
-  """The flags every LLM step shares."""
-  g = parser.add_argument_group("LLM endpoint (OpenAI-compatible chat/completions)")
-  g.add_argument("--llm-base-url", required=required, help="e.g. http://localhost:8000/v1 (vLLM), "
-                 "http://localhost:11434/v1 (Ollama), "
-                 "https://generativelanguage.googleapis.com/v1beta/openai (Gemini)")
-  g.add_argument("--llm-model", required=required, help="model name the endpoint serves")
-  g.add_argument("--llm-api-key-env", default="OPENAI_API_KEY",
-                 help="environment variable holding the API key (the key itself is never a flag)")
-  g.add_argument("--llm-cache", default="", help="response cache: a folder, shared filesystem or "
-                 "gs:// path (default: OUTPUT.llm-cache beside the output)")
-  g.add_argument("--llm-concurrency", type=int, default=8)
-  g.add_argument("--llm-timeout", type=float, default=60.0, help="seconds per request")
-  g.add_argument("--llm-max-retries", type=int, default=6)
-  g.add_argument("--llm-temperature", type=float, default=None,
-                 help="default: 0 for judging, 1 for generation")
-
-
-def llm_config_from_args(args, default_temperature: float = 0.0) -> LLMConfig:
-  temperature = args.llm_temperature if args.llm_temperature is not None else default_temperature
-  return LLMConfig(base_url=args.llm_base_url, model=args.llm_model,
-                   api_key_env=args.llm_api_key_env,
-                   cache_dir=args.llm_cache or f"{args.output}.llm-cache",
-                   concurrency=args.llm_concurrency, timeout_s=args.llm_timeout,
-                   max_retries=args.llm_max_retries, temperature=temperature)

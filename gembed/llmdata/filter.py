@@ -37,7 +37,18 @@ def filter_rows(rows: list[dict], client, *, flag: bool = False, drop_failures: 
 
 
 def run_cli(args) -> int:
-  from gembed.llmdata.client import LLMClient, llm_config_from_args
+  from gembed.llmdata.client import LLMClient
+  from gembed.llmdata.cli_args import llm_config_from_args
+  if args.beam:
+    from gembed.llmdata import beam_pipeline
+    counts = beam_pipeline.run(beam_pipeline.build_llm_step, args, fn=filter_rows,
+                               reader=beam_pipeline.read_training_rows,
+                               llm_config=llm_config_from_args(args), flag=args.flag,
+                               drop_failures=args.drop_failures)
+    write_summary(args.output, {"inputs": args.input, "flag": args.flag, "runner": args.runner,
+                                "counts": counts})
+    print(f"gembed filter: wrote {args.output}: {json.dumps(counts)}", file=sys.stderr)
+    return 0
   client = LLMClient(llm_config_from_args(args), progress=not args.quiet)
   rows = read_training_rows(args.input)
   out, counts = filter_rows(rows, client, flag=args.flag, drop_failures=args.drop_failures)
@@ -50,7 +61,7 @@ def run_cli(args) -> int:
 
 
 def add_parser(sub):
-  from gembed.llmdata.client import add_llm_arguments
+  from gembed.llmdata.cli_args import add_beam_arguments, add_llm_arguments
   p = sub.add_parser("filter", help="drop (or flag) training pairs an LLM judges irrelevant")
   p.add_argument("--input", nargs="+", required=True, help="training JSONL: query, positive, ...")
   p.add_argument("--output", required=True)
@@ -60,4 +71,5 @@ def add_parser(sub):
                  "not judge (default: keep them)")
   p.add_argument("--quiet", action="store_true", help="no progress bars")
   add_llm_arguments(p)
+  add_beam_arguments(p)
   p.set_defaults(func=run_cli)

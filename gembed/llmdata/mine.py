@@ -28,7 +28,7 @@ import numpy as np
 
 from gembed.llmdata import prompts
 from gembed.llmdata.neighbours import embed_to_file, normalize_text, top_k_neighbours
-from gembed.textio import InputError, iter_jsonl, read_texts
+from gembed.textio import InputError, iter_jsonl, read_lines
 
 log = logging.getLogger(__name__)
 
@@ -63,25 +63,56 @@ class Corpus:
   texts: list[str]
   titles: list[str]
   index: dict[str, int]  # normalised text -> id
+  choice: list[tuple]  # (priority, text, title) each entry was chosen by
 
-  def add(self, text: str, title: str = "") -> int:
+  def add(self, text: str, title: str = "", priority: int = 1) -> int:
+    """Adds a text, or merges it into its exact duplicate. Of duplicates the entry keeps the
+    smallest (priority, text, title), an order any runner (Beam included) can reproduce."""
     key = normalize_text(text)
+    candidate = (priority, text, title)
     if key not in self.index:
       self.index[key] = len(self.texts)
       self.texts.append(text)
       self.titles.append(title)
-    return self.index[key]
+      self.choice.append(candidate)
+    i = self.index[key]
+    if candidate < self.choice[i]:
+      self.choice[i], self.texts[i], self.titles[i] = candidate, text, title
+    return i
+
+
+def row_documents(row: dict) -> list[tuple[int, str, str]]:
+  """(priority, text, title) of a row's documents: its positive first (priority 0), then any
+  negatives it already has."""
+  negatives = row.get("negatives") or ([row["negative"]] if row.get("negative") else [])
+  return [(0, row["positive"], row.get("title") or "")] + [(1, n, "") for n in negatives]
+
+
+def read_passages(path: str, raw: bytes | None = None):
+  """(text, title) of a corpus file: .jsonl (a 'text' field, optional 'title') or .txt."""
+  if path.endswith(".jsonl"):
+    for number, entry in iter_jsonl(path, raw):
+      if not isinstance(entry.get("text"), str):
+        raise InputError(f"{path}:{number}: field 'text' must be a string")
+      if entry["text"].strip() or entry.get("title"):
+        yield entry["text"], entry.get("title") or ""
+  else:
+    for line in read_lines(path, raw):
+      if line.strip():
+        yield line, ""
+
+
+def iter_training_rows(path: str, raw: bytes | None = None):
+  """Rows with a non-empty string query and positive; errors name file and line."""
+  for number, row in iter_jsonl(path, raw):
+    for key in ("query", "positive"):
+      if not isinstance(row.get(key), str) or not row[key].strip():
+        raise InputError(f"{path}:{number}: field {key!r} must be a non-empty string")
+    yield row
 
 
 def read_training_rows(paths: list[str]) -> list[dict]:
-  """Rows with a non-empty string query and positive; errors name file and line."""
-  rows = []
-  for path in paths:
-    for number, row in iter_jsonl(path):
-      for key in ("query", "positive"):
-        if not isinstance(row.get(key), str) or not row[key].strip():
-          raise InputError(f"{path}:{number}: field {key!r} must be a non-empty string")
-      rows.append(row)
+  rows = [row for path in paths for row in iter_training_rows(path)]
   if not rows:
     raise InputError(f"{', '.join(paths)}: no training rows")
   return rows
@@ -89,21 +120,13 @@ def read_training_rows(paths: list[str]) -> list[dict]:
 
 def build_corpus(rows: list[dict], corpus_file: str | None = None) -> tuple[Corpus, list[int]]:
   """The de-duplicated corpus and each row's positive id."""
-  corpus = Corpus([], [], {})
-  positive_ids = [corpus.add(r["positive"], r.get("title") or "") for r in rows]
-  for r in rows:
-    for negative in r.get("negatives") or ([r["negative"]] if r.get("negative") else []):
-      corpus.add(negative)
-  if corpus_file:
-    if corpus_file.endswith(".jsonl"):
-      for number, entry in iter_jsonl(corpus_file):
-        if not isinstance(entry.get("text"), str):
-          raise InputError(f"{corpus_file}:{number}: field 'text' must be a string")
-        if entry["text"].strip() or entry.get("title"):
-          corpus.add(entry["text"], entry.get("title") or "")
-    else:
-      for text in read_texts(corpus_file):
-        corpus.add(text)
+  corpus = Corpus([], [], {}, [])
+  positive_ids = []
+  for row in rows:
+    ids = [corpus.add(text, title, priority) for priority, text, title in row_documents(row)]
+    positive_ids.append(ids[0])
+  for text, title in read_passages(corpus_file) if corpus_file else ():
+    corpus.add(text, title)
   return corpus, positive_ids
 
 
@@ -349,16 +372,27 @@ def run_cli(args) -> int:
   from gembed import modeldir
   from gembed.cli import resolve_model_arg
   from gembed.encode import TextEncoder
-  from gembed.llmdata.client import LLMClient, llm_config_from_args
+  from gembed.llmdata.client import LLMClient
+  from gembed.llmdata.cli_args import llm_config_from_args
 
   config = MiningConfig(method=args.method, num_negatives=args.num_negatives, top_k=args.top_k,
                         rank_window=tuple(args.rank_window), margin_ratio=args.margin_ratio,
                         rrf_k=args.rrf_k, relabel_positive=args.relabel_positive, seed=args.seed)
-  client = None
+  llm_config = None
   if config.method == "llm":
     if not args.llm_base_url or not args.llm_model:
       raise ValueError("--method llm needs --llm-base-url and --llm-model")
-    client = LLMClient(llm_config_from_args(args), progress=not args.quiet)
+    llm_config = llm_config_from_args(args)
+  if args.beam:
+    if config.method == "random":
+      raise ValueError("--method random runs in-process only (it embeds nothing)")
+    from gembed.llmdata import beam_pipeline
+    counts = beam_pipeline.run(beam_pipeline.build_mine, args, config=config, llm_config=llm_config)
+    write_summary(args.output, {"config": dataclasses.asdict(config), "model": args.model,
+                                "inputs": args.input, "runner": args.runner, "counts": counts})
+    print(f"gembed mine: wrote {args.output}: {json.dumps(counts)}", file=sys.stderr)
+    return 0
+  client = LLMClient(llm_config, progress=not args.quiet) if llm_config else None
   rows = read_training_rows(args.input)
   corpus, positive_ids = build_corpus(rows, args.corpus)
   encoder = None
@@ -380,7 +414,7 @@ def run_cli(args) -> int:
 
 
 def add_parser(sub):
-  from gembed.llmdata.client import add_llm_arguments
+  from gembed.llmdata.cli_args import add_beam_arguments, add_llm_arguments
   p = sub.add_parser("mine", help="mine hard negatives for training rows (embedding neighbours, "
                      "optionally scored by an LLM and fused with RRF)")
   p.add_argument("--input", nargs="+", required=True, help="training JSONL: query, positive[, task]")
@@ -405,4 +439,5 @@ def add_parser(sub):
   p.add_argument("--work-dir", default=None, help="embeddings on disk (default OUTPUT.work)")
   p.add_argument("--quiet", action="store_true", help="no progress bars")
   add_llm_arguments(p, required=False)
+  add_beam_arguments(p)
   p.set_defaults(func=run_cli)

@@ -124,8 +124,20 @@ def read_examples(path: str) -> dict[str, list[str]]:
 
 
 def run_cli(args) -> int:
-  from gembed.llmdata.client import LLMClient, llm_config_from_args
-  client = LLMClient(llm_config_from_args(args, default_temperature=1.0), progress=not args.quiet)
+  from gembed.llmdata.client import LLMClient
+  from gembed.llmdata.cli_args import llm_config_from_args
+  llm_config = llm_config_from_args(args, default_temperature=1.0)
+  if getattr(args, "beam", False):
+    from gembed.llmdata import beam_pipeline
+    args.input = [args.passages]
+    counts = beam_pipeline.run(beam_pipeline.build_llm_step, args, fn=synth_retrieval,
+                               reader=beam_pipeline.read_passage_texts, llm_config=llm_config,
+                               queries_per_passage=args.queries_per_passage,
+                               task_name=args.task_name)
+    write_summary(args.output, {"kind": args.kind, "runner": args.runner, "counts": counts})
+    print(f"gembed synth {args.kind}: wrote {args.output}: {json.dumps(counts)}", file=sys.stderr)
+    return 0
+  client = LLMClient(llm_config, progress=not args.quiet)
   if args.kind == "retrieval":
     passages = read_texts(args.passages)
     out, counts = synth_retrieval(passages, client, queries_per_passage=args.queries_per_passage,
@@ -146,13 +158,14 @@ def run_cli(args) -> int:
 
 
 def add_parser(sub):
-  from gembed.llmdata.client import add_llm_arguments
+  from gembed.llmdata.cli_args import add_beam_arguments, add_llm_arguments
   p = sub.add_parser("synth", help="generate synthetic training data with an LLM, then rate it")
   kinds = p.add_subparsers(dest="kind", required=True)
   r = kinds.add_parser("retrieval", help="(task, query) for each seed passage -> training rows")
   r.add_argument("--passages", required=True, help=".jsonl (a 'text' field) or .txt")
   r.add_argument("--queries-per-passage", type=int, default=1)
   r.add_argument("--task-name", default="synthetic", help="the rows' 'task' field")
+  add_beam_arguments(r)
   c = kinds.add_parser("classification", help="labelled texts for a described task")
   c.add_argument("--description", required=True, help="e.g. 'sentiment of product reviews' or "
                  "'counterfactual statements in customer feedback'")

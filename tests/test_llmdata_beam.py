@@ -51,8 +51,9 @@ def test_beam_filter_shares_the_cache(tmp_path, monkeypatch):
             "--llm-api-key-env", "GEMBED_TEST_KEY", "--llm-cache", str(tmp_path / "cache"),
             "--quiet"]
   with FakeLLM(filter_judge) as server:
+    beam_common = [str(tmp_path / "pair*.jsonl") if a.endswith("pairs.jsonl") else a for a in common]
     assert cli.main(["filter", "--output", str(tmp_path / "beam.jsonl"), "--beam", "--llm-batch",
-                     "3", "--llm-base-url", server.base_url, *common]) == 0
+                     "3", "--llm-base-url", server.base_url, *beam_common]) == 0  # a glob input
     sent = len(server.requests)
     assert sent == len(FILTER_ROWS) + 2  # the garbled pair is asked three times
     assert cli.main(["filter", "--output", str(tmp_path / "local.jsonl"), "--llm-base-url",

@@ -32,6 +32,14 @@ from gembed.llmdata.neighbours import normalize_text, top_k_neighbours
 NAMESPACE = "gembed"
 
 
+def expand(pattern: str) -> list[str]:
+  """The files a path or glob pattern names (local, gs://, ...), sorted."""
+  matches = FileSystems.match([pattern])[0].metadata_list
+  if not matches:
+    raise FileNotFoundError(f"{pattern}: no such file")
+  return sorted(m.path for m in matches)
+
+
 def _read_bytes(path: str) -> bytes:
   with FileSystems.open(path) as f:
     return f.read()
@@ -186,11 +194,12 @@ def _batches(pcoll, name: str, size: int):
 
 
 def build_mine(p, args, config: mining.MiningConfig, llm_config):
-  rows = (p | "inputs" >> beam.Create(args.input)
+  rows = (p | "inputs" >> beam.Create(args.input) | "expand" >> beam.FlatMap(expand)
           | "read rows" >> beam.FlatMap(read_training_rows))
   docs = rows | "documents" >> beam.FlatMap(mining.row_documents)
   if args.corpus:
     extra = (p | "corpus file" >> beam.Create([args.corpus])
+             | "expand corpus" >> beam.FlatMap(expand)
              | "read corpus" >> beam.FlatMap(read_passages)
              | "priority" >> beam.MapTuple(lambda text, title: (1, text, title)))
     docs = (docs, extra) | "all documents" >> beam.Flatten()
@@ -221,7 +230,8 @@ def build_mine(p, args, config: mining.MiningConfig, llm_config):
 
 
 def build_llm_step(p, args, fn, reader, llm_config, **kwargs):
-  items = p | "inputs" >> beam.Create(args.input) | "read" >> beam.FlatMap(reader)
+  items = (p | "inputs" >> beam.Create(args.input) | "expand" >> beam.FlatMap(expand)
+           | "read" >> beam.FlatMap(reader))
   out = (_batches(items, "batches", args.llm_batch)
          | "llm" >> beam.ParDo(LLMBatchStep(fn, llm_config, **kwargs)))
   return _write(out, args.output, args.num_shards)

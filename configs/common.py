@@ -15,6 +15,17 @@ def task(name, files=(), prompt_task="search result", rate=0.0, source="jsonl", 
        "source": source, "tfds_name": tfds_name, "tfds_data_dir": tfds_data_dir, "split": split})
 
 
+# The pair sets of shared/data/training and their prompt tasks: stage 1 reads them as they are,
+# configs/finetune.py:mined reads them after `gembed mine` added negatives.
+PAIR_SETS = (("medquad", "question answering"), ("quora", "sentence similarity"),
+             ("mrpc", "sentence similarity"), ("cosqa", "code retrieval"))
+
+
+def pair_tasks(file_pattern: str):
+  """One task per pair set; file_pattern names its file, e.g. "{name}-pairs.jsonl"."""
+  return [task(name, [file_pattern.format(name=name)], prompt_task) for name, prompt_task in PAIR_SETS]
+
+
 def get_base_config():
   c = ml_collections.ConfigDict()
 

@@ -41,12 +41,7 @@ def get_config(arg=None):
   if arg not in (None, "", "proportional", "tiny", "mined"):
     raise ValueError(f"configs/finetune.py:{arg}: variants are 'proportional', 'tiny' and 'mined'")
   if arg == "mined":
-    c.data.tasks = [
-        common.task("medquad", ["medquad.jsonl"], "question answering"),
-        common.task("quora", ["quora.jsonl"], "sentence similarity"),
-        common.task("mrpc", ["mrpc.jsonl"], "sentence similarity"),
-        common.task("cosqa", ["cosqa.jsonl"], "code retrieval"),
-    ]
+    c.data.tasks = common.pair_tasks("{name}.jsonl")
     c.data.document_length = 128
   if arg == "proportional":
     c.data.mixing = "proportional"

@@ -14,12 +14,7 @@ import common  # noqa: E402
 
 def get_config(arg=None):
   c = common.get_base_config()
-  c.data.tasks = [
-      common.task("medquad", ["medquad-pairs.jsonl"], "question answering"),
-      common.task("quora", ["quora-pairs.jsonl"], "sentence similarity"),
-      common.task("mrpc", ["mrpc-pairs.jsonl"], "sentence similarity"),
-      common.task("cosqa", ["cosqa-pairs.jsonl"], "code retrieval"),
-  ]
+  c.data.tasks = common.pair_tasks("{name}-pairs.jsonl")
   c.data.num_negatives = 0
   c.data.global_batch_size = 128
   c.data.query_length = 48

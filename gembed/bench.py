@@ -4,6 +4,7 @@
     gembed bench train  [--triples FILE] [--batch-size 64] [--max-length 128] [--steps 6]
     gembed bench data   [--triples FILE] [--batch-size 64] [--max-length 128] [--batches 40]
     gembed bench memory [--batches 256 1024 4096] [--chunk 32] [--run-batch 1024]
+    gembed bench mine   [--pairs FILE] [--top-k 30] [--margin-ratio 0.95]   (peer: + `datasets`)
 
 `train --no-peer` needs neither torch nor TensorFlow (an accelerator image with JAX only).
 
@@ -268,6 +269,91 @@ def bench_data(args) -> dict:
           "batches_per_s": statistics.median(rates) / (3 * args.batch_size)}
 
 
+def bench_mine(args) -> dict:
+  """Hard-negative mining (window method, no LLM) vs sentence-transformers' mine_hard_negatives
+  with the same model, batch, length, candidate range and relative margin, and where gembed's
+  time goes (embedding vs search vs selection)."""
+  import tempfile
+
+  import torch
+  from datasets import Dataset
+  from sentence_transformers import SentenceTransformer
+  from sentence_transformers.util import mine_hard_negatives
+
+  from gembed import modeldir
+  from gembed.encode import TextEncoder
+  from gembed.llmdata import mine
+  from gembed.llmdata.neighbours import embed_to_file, top_k_neighbours
+
+  rows = _read_rows(args.pairs, args.n)
+  model_dir = modeldir.default_model_dir()
+  info, params = modeldir.load_model(model_dir)
+  ours = TextEncoder(info, params, batch_size=args.batch_size, max_length=args.max_length)
+  peer = SentenceTransformer(str(model_dir), device="cpu")
+  peer.max_seq_length = args.max_length
+  config = mine.MiningConfig(num_negatives=1, top_k=args.top_k, rank_window=(0, args.top_k),
+                             margin_ratio=args.margin_ratio)
+  work = tempfile.mkdtemp()
+
+  def gembed_run():
+    times = {}
+    start = time.perf_counter()
+    corpus, positive_ids = mine.build_corpus(rows)
+    queries, row_query, exclude = mine.query_groups(rows, positive_ids, corpus)
+    t = time.perf_counter()
+    corpus_emb = embed_to_file(ours, corpus.texts, os.path.join(work, "c.npy"), progress=False)
+    query_emb = embed_to_file(ours, queries, os.path.join(work, "q.npy"), progress=False)
+    times["embed_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    scores, ids = top_k_neighbours(query_emb, corpus_emb, args.top_k, exclude, progress=False)
+    times["search_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    positive = np.einsum("nd,nd->n", query_emb[row_query], corpus_emb[positive_ids])
+    chosen = []
+    for i, q in enumerate(row_query):
+      ranks = mine.select_window(ids[q], scores[q], float(positive[i]), config)
+      chosen.append(corpus.texts[ids[q][ranks[0]]] if ranks else None)
+    times["select_s"] = time.perf_counter() - t
+    times["total_s"] = time.perf_counter() - start
+    return times, chosen
+
+  dataset = Dataset.from_dict({"anchor": [r["query"] for r in rows],
+                               "positive": [r["positive"] for r in rows]})
+
+  def peer_run():
+    start = time.perf_counter()
+    with torch.inference_mode():
+      out = mine_hard_negatives(dataset, peer, range_max=args.top_k,
+                                relative_margin=1 - args.margin_ratio, num_negatives=1,
+                                sampling_strategy="top", batch_size=args.batch_size,
+                                use_faiss=False, verbose=False)
+    return time.perf_counter() - start, out
+
+  gembed_run()  # compile every shape once
+  ours_runs, peer_times = [], []
+  for _ in range(args.repeats):  # alternate, so noise hits both sides alike
+    ours_runs.append(gembed_run())
+    peer_time, peer_out = peer_run()
+    peer_times.append(peer_time)
+  chosen = ours_runs[-1][1]
+  peer_negative = {(r["anchor"], r["positive"]): r["negative"] for r in peer_out}
+  both = [(c, peer_negative.get((r["query"], r["positive"]))) for r, c in zip(rows, chosen)]
+  agree = sum(a == b for a, b in both if a is not None and b is not None)
+  comparable = sum(a is not None and b is not None for a, b in both)
+  result = {"rows": len(rows), "batch_size": args.batch_size, "max_length": args.max_length,
+            "top_k": args.top_k, "margin_ratio": args.margin_ratio,
+            "gembed_s": statistics.median(r[0]["total_s"] for r in ours_runs),
+            "sentence_transformers_s": statistics.median(peer_times),
+            "gembed_breakdown_s": {k: round(statistics.median(r[0][k] for r in ours_runs), 3)
+                                   for k in ("embed_s", "search_s", "select_s")},
+            "rows_with_negative": {"gembed": sum(c is not None for c in chosen),
+                                   "sentence_transformers": len(peer_out)},
+            "same_negative_where_both_found_one": agree / max(comparable, 1),
+            "torch_threads": torch.get_num_threads()}
+  result["speedup"] = result["sentence_transformers_s"] / result["gembed_s"]
+  return result
+
+
 def add_parser(sub) -> None:
   bench = sub.add_parser("bench", help="benchmarks against sentence-transformers (needs the test extra)")
   kinds = bench.add_subparsers(dest="bench", required=True)
@@ -299,7 +385,16 @@ def add_parser(sub) -> None:
   data.add_argument("--batches", type=int, default=20)
   data.add_argument("--repeats", type=int, default=3)
   data.set_defaults(bench_fn=bench_data)
-  for p in (enc, train, memory, data):
+  mine_p = kinds.add_parser("mine", help="hard-negative mining vs sentence-transformers' "
+                           "mine_hard_negatives (the peer also needs `pip install datasets`)")
+  mine_p.add_argument("--pairs", default=os.path.join("..", "shared", "data", "training",
+                                                      "quora-pairs.jsonl"))
+  mine_p.add_argument("--n", type=int, default=100000, help="rows read from --pairs")
+  mine_p.add_argument("--top-k", type=int, default=30)
+  mine_p.add_argument("--margin-ratio", type=float, default=0.95)
+  mine_p.add_argument("--repeats", type=int, default=3)
+  mine_p.set_defaults(bench_fn=bench_mine)
+  for p in (enc, train, memory, data, mine_p):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-length", type=int, default=128)
 

@@ -447,3 +447,33 @@ def test_window_mining_matches_sentence_transformers(minilm_dir, tmp_path):
   assert len(pairs) >= 190 and len(peer_negative) >= 190
   same = sum(a == b for a, b in pairs if b is not None) / sum(b is not None for _, b in pairs)
   assert same >= 0.97, same  # float ties and near-threshold margins may differ on a few rows
+
+
+def test_embedding_resumes_after_a_crash(tmp_path, minilm):
+  from gembed.encode import TextEncoder
+  from gembed.llmdata.neighbours import embed_to_file
+
+  texts = [f"sentence number {i} about topic {i % 7}" for i in range(23)]
+  encoder = TextEncoder(*minilm, batch_size=8, max_length=32)
+  expected = encoder.encode_formatted(texts)
+  calls = []
+  real = encoder.encode_formatted
+
+  def crashing(chunk, **kwargs):
+    if len(calls) == 2:
+      raise KeyboardInterrupt("killed")
+    calls.append(len(chunk))
+    return real(chunk, **kwargs)
+
+  encoder.encode_formatted = crashing
+  path = str(tmp_path / "emb.npy")
+  with pytest.raises(KeyboardInterrupt):
+    embed_to_file(encoder, texts, path, chunk_size=5, progress=False)
+  encoder.encode_formatted = lambda chunk, **kwargs: calls.append(len(chunk)) or real(chunk, **kwargs)
+  result = embed_to_file(encoder, texts, path, chunk_size=5, progress=False)
+  assert calls == [5, 5, 5, 5, 3]  # two chunks before the crash, the other three after
+  np.testing.assert_allclose(result, expected, atol=1e-6)
+  # other texts (or another model) never reuse the file
+  calls.clear()
+  embed_to_file(encoder, texts[:-1], path, chunk_size=5, progress=False)
+  assert calls == [5, 5, 5, 5, 2]

@@ -1,7 +1,7 @@
 """Corpus embedding and exact nearest-neighbour search in chunks.
 
 Embeddings are written chunk by chunk to a float32 .npy memmap, so a corpus larger than memory is
-embedded without holding it. The search streams corpus chunks past one query chunk at a time and
+embedded without holding it, and a killed run continues from its last finished chunk. The search streams corpus chunks past one query chunk at a time and
 keeps a running top-k on the accelerator: memory is O(query_chunk x corpus_chunk), never N x N.
 Per-query exclusions (its positives and their exact duplicates) are masked inside the search, so
 every query still gets k valid neighbours.
@@ -10,6 +10,8 @@ every query still gets k valid neighbours.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
 import re
 
@@ -25,19 +27,48 @@ def normalize_text(text: str) -> str:
   return re.sub(r"\s+", " ", text).strip().casefold()
 
 
+def embeddings_fingerprint(encoder, texts: list[str]) -> str:
+  """What an embeddings file depends on: every parameter, the max length, every text."""
+  digest = hashlib.sha256()
+  for leaf in jax.tree_util.tree_leaves(encoder.params):
+    digest.update(np.asarray(leaf).tobytes())
+  digest.update(str(encoder.max_length).encode())
+  for text in texts:
+    digest.update(text.encode("utf-8") + b"\0")
+  return digest.hexdigest()
+
+
 def embed_to_file(encoder, texts: list[str], path: str, *, chunk_size: int = 8192,
                   progress: bool = True, desc: str = "embedding") -> np.ndarray:
-  """L2-normalised embeddings of already formatted texts, written to `path` (.npy) in chunks."""
+  """L2-normalised embeddings of already formatted texts, written to `path` (.npy) in chunks.
+
+  After each chunk `path.progress.json` records how many rows are done; a rerun with the same
+  model and texts (same fingerprint) continues from there instead of starting over."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32,
-                                  shape=(len(texts), encoder.dim))
+  fingerprint = embeddings_fingerprint(encoder, texts)
+  progress_file = f"{path}.progress.json"
+  done = 0
+  if os.path.exists(path) and os.path.exists(progress_file):
+    with open(progress_file) as f:
+      state = json.load(f)
+    if state.get("fingerprint") == fingerprint:
+      done = state["rows_done"]
+  if done:
+    out = np.load(path, mmap_mode="r+")
+  else:
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32,
+                                    shape=(len(texts), encoder.dim))
   bar = progress_bar(len(texts), progress, desc, unit="text")
-  for start in range(0, len(texts), chunk_size):
+  bar.update(done)
+  for start in range(done, len(texts), chunk_size):
     chunk = texts[start:start + chunk_size]
     out[start:start + len(chunk)] = encoder.encode_formatted(chunk, normalize=True)
+    out.flush()
+    with open(f"{progress_file}.tmp", "w") as f:
+      json.dump({"fingerprint": fingerprint, "rows_done": start + len(chunk)}, f)
+    os.replace(f"{progress_file}.tmp", progress_file)
     bar.update(len(chunk))
   bar.close()
-  out.flush()
   return np.load(path, mmap_mode="r")
 
 

@@ -16,7 +16,7 @@ from fake_llm import FakeLLM, fields
 from gembed import cli
 from gembed.data.sources import read_jsonl_rows
 from gembed.llmdata import mine, prompts
-from gembed.llmdata.client import LLMClient, LLMConfig
+from gembed.llmdata.client import EndpointError, LLMClient, LLMConfig
 from gembed.llmdata.neighbours import normalize_text, top_k_neighbours
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,14 +87,17 @@ def test_malformed_is_retried_then_recorded_as_failure(tmp_path, monkeypatch):
                                               for r in server.requests)
 
 
-def test_error_messages_are_scrubbed_of_the_key(tmp_path, monkeypatch):
+def test_refused_key_stops_the_job_with_a_scrubbed_error(tmp_path, monkeypatch):
   monkeypatch.setenv("GEMBED_TEST_KEY", KEY)
   with FakeLLM(lambda body, seen: ("status", 401)) as server:
     client = client_for(server, tmp_path)
     client._url = server.base_url + f"/chat/completions?key={KEY}"  # a key in the URL, as some gateways want
-    result = client.complete(prompts.relevance_messages("q", "p"), prompts.parse_relevance)
-  assert not result.ok and "HTTP 401" in result.error
-  assert KEY not in result.error and "***" in result.error
+    with pytest.raises(EndpointError) as error:  # a refused key stops the job, not each item
+      client.map([(prompts.relevance_messages(f"q{i}", "p"), prompts.parse_relevance)
+                  for i in range(20)])
+    assert len(server.requests) < 20  # the pending requests were cancelled
+  assert "HTTP 401" in str(error.value)
+  assert KEY not in str(error.value) and "***" in str(error.value)
 
 
 def test_reciprocal_rank_fusion_by_hand():

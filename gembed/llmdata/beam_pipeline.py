@@ -159,7 +159,7 @@ class SelectNegatives(_Counted):
         counts["relabelled"] += new_positive is not None
         out.append(mining.mined_row(row, negatives, dict(self.provenance, **details), new_positive))
     for row in out:
-      mining._count(counts, row, config.num_negatives)
+      mining.count_row(counts, row, config.num_negatives)
     self.count(counts)
     yield from out
 

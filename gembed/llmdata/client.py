@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import http.client
 import json
 import logging
 import os
 import random
-import socket
 import threading
 import time
 import urllib.error
@@ -38,6 +38,14 @@ RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 
 class MalformedResponse(ValueError):
   """The endpoint answered, but not with what the prompt asked for."""
+
+
+class EndpointError(ValueError):
+  """The endpoint refuses every request (bad key, URL or model): stop instead of failing each
+  item. Answers already cached stay cached."""
+
+
+FATAL_STATUS = frozenset({401, 403, 404})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,14 +138,17 @@ class LLMClient:
                                i) for i, r in enumerate(requests)]
     results: dict[int, Result] = {}
     bar = progress_bar(len(unique), self.progress, desc, unit="req")
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, self.config.concurrency)) as pool:
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, self.config.concurrency))
+    try:
       futures = {pool.submit(self.complete, requests[i][0], requests[i][1],
                              **(requests[i][2] if len(requests[i]) > 2 else {})): i
                  for i in unique.values()}
       for future in concurrent.futures.as_completed(futures):
-        results[futures[future]] = future.result()
+        results[futures[future]] = future.result()  # EndpointError stops the whole map
         bar.update(1)
-    bar.close()
+    finally:
+      pool.shutdown(wait=True, cancel_futures=True)
+      bar.close()
     return [results[i] for i in owner]
 
   def _post(self, body: dict) -> str:
@@ -161,10 +172,12 @@ class LLMClient:
       except urllib.error.HTTPError as e:
         detail = e.read()[:200].decode("utf-8", "replace")
         last = f"HTTP {e.code} from {self._url}: {detail}"
+        if e.code in FATAL_STATUS:
+          raise EndpointError(self._scrub(last)) from None
         if e.code not in RETRYABLE_STATUS:
           raise _TransportError(self._scrub(last)) from None
         retry_after = _retry_after(e.headers.get("Retry-After"))
-      except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as e:
+      except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as e:
         last = f"{type(e).__name__} from {self._url}: {getattr(e, 'reason', e)}"
       if attempt < self.config.max_retries:
         delay = min(self.config.max_backoff_s, self.config.backoff_s * 2 ** attempt)

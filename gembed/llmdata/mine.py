@@ -280,7 +280,7 @@ def mined_row(row: dict, negatives: list[Candidate], provenance: dict,
   return out
 
 
-def _count(counts: dict, row: dict, wanted: int):
+def count_row(counts: dict, row: dict, wanted: int):
   counts["negatives"] += len(row["negatives"])
   counts["rows_with_negatives"] += bool(row["negatives"])
   counts["short_of_negatives"] += len(row["negatives"]) < wanted
@@ -301,7 +301,7 @@ def mine(rows: list[dict], corpus: Corpus, positive_ids: list[int], *, encoder, 
       ids = random_negatives(len(corpus.texts), exclude[row_query[i]], config.num_negatives, rng)
       negatives = [Candidate(corpus.texts[j], corpus.titles[j], -1, float("nan")) for j in ids]
       out_rows.append(mined_row(row, negatives, dict(provenance, seed=config.seed)))
-      _count(counts, out_rows[-1], config.num_negatives)
+      count_row(counts, out_rows[-1], config.num_negatives)
     return out_rows, counts
 
   info = encoder.info
@@ -325,7 +325,7 @@ def mine(rows: list[dict], corpus: Corpus, positive_ids: list[int], *, encoder, 
       negatives, details = window_negatives(neighbours[row_query[i]], float(positive_scores[i]),
                                             config)
       out_rows.append(mined_row(row, negatives, dict(provenance, **details)))
-      _count(counts, out_rows[-1], config.num_negatives)
+      count_row(counts, out_rows[-1], config.num_negatives)
     return out_rows, counts
 
   # method == "llm": each row's candidates (and its positive when relabelling), scored twice.
@@ -348,7 +348,7 @@ def mine(rows: list[dict], corpus: Corpus, positive_ids: list[int], *, encoder, 
     counts["relabelled"] += new_positive is not None
     failures += [{"row": i, "error": e} for e in errors]
     out_rows.append(mined_row(row, negatives, dict(provenance, **details), new_positive))
-    _count(counts, out_rows[-1], config.num_negatives)
+    count_row(counts, out_rows[-1], config.num_negatives)
   counts["failures"] = failures[:1000]
   return out_rows, counts
 

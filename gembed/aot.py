@@ -18,8 +18,6 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from jax.sharding import NamedSharding
 
 from gembed import modeldir, sharding
 from gembed.models import embedder

@@ -1,6 +1,5 @@
 """Model soups: pure averages, sharded averages, greedy selection, and `gembed soup` end to end."""
 
-import dataclasses
 import json
 import os
 

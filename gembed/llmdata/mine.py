@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import sys
 
@@ -29,8 +28,6 @@ import numpy as np
 from gembed.llmdata import prompts
 from gembed.llmdata.neighbours import embed_to_file, normalize_text, top_k_neighbours
 from gembed.textio import InputError, iter_jsonl, read_lines
-
-log = logging.getLogger(__name__)
 
 METHODS = ("window", "llm", "random")
 

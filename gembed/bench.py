@@ -293,9 +293,8 @@ def bench_mine(args) -> dict:
   peer.max_seq_length = args.max_length
   config = mine.MiningConfig(num_negatives=1, top_k=args.top_k, rank_window=(0, args.top_k),
                              margin_ratio=args.margin_ratio)
-  work = tempfile.mkdtemp()
-
   def gembed_run():
+    work = tempfile.mkdtemp()  # fresh: embed_to_file would resume from an earlier run's files
     times = {}
     start = time.perf_counter()
     corpus, positive_ids = mine.build_corpus(rows)

@@ -69,3 +69,21 @@ def test_beam_filter_shares_the_cache(tmp_path, monkeypatch):
   for path in tmp_path.rglob("*"):
     if path.is_file():
       assert KEY not in path.read_text(errors="replace")
+
+
+def test_beam_synth_retrieval_in_shards(tmp_path, monkeypatch):
+  from test_llmdata import synth_llm
+  monkeypatch.setenv("GEMBED_TEST_KEY", KEY)
+  passages = tmp_path / "passages.txt"
+  passages.write_text("Alpha passage text.\nBeta passage text.\nbroken passage\n")
+  with FakeLLM(synth_llm) as server:
+    assert cli.main(["synth", "retrieval", "--passages", str(passages), "--queries-per-passage",
+                     "2", "--output", str(tmp_path / "synth.jsonl"), "--beam", "--num-shards", "2",
+                     "--llm-batch", "1", "--llm-base-url", server.base_url, "--llm-model", "gen-1",
+                     "--llm-api-key-env", "GEMBED_TEST_KEY", "--quiet"]) == 0
+  shards = sorted(tmp_path.glob("synth-*-of-00002.jsonl"))
+  assert len(shards) == 2
+  rows = [row for shard in shards for row in read_rows(shard)]
+  assert sorted(r["query"] for r in rows) == ["q0 about Alpha", "q0 about Beta"]
+  counts = json.loads((tmp_path / "synth.jsonl.summary.json").read_text())["counts"]
+  assert counts["generation_failed"] == 2 and counts["rated_unrealistic"] == 2 and counts["written"] == 2

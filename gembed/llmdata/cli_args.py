@@ -43,3 +43,12 @@ def add_beam_arguments(parser):
   g.add_argument("--llm-batch", type=int, default=64, help="items per LLM batch in a worker")
   g.add_argument("--block-size", type=int, default=16384,
                  help="mine: corpus embeddings per block streamed past each query batch")
+
+
+def beam_pipeline_module():
+  """gembed.llmdata.beam_pipeline, or a clear error when the `beam` extra is not installed."""
+  try:
+    from gembed.llmdata import beam_pipeline
+  except ImportError as e:
+    raise ValueError(f"--beam needs Apache Beam: pip install -e '.[beam]' ({e})") from None
+  return beam_pipeline

@@ -40,7 +40,8 @@ def run_cli(args) -> int:
   from gembed.llmdata.client import LLMClient
   from gembed.llmdata.cli_args import llm_config_from_args
   if args.beam:
-    from gembed.llmdata import beam_pipeline
+    from gembed.llmdata.cli_args import beam_pipeline_module
+    beam_pipeline = beam_pipeline_module()
     counts = beam_pipeline.run(beam_pipeline.build_llm_step, args, fn=filter_rows,
                                reader=beam_pipeline.read_training_rows,
                                llm_config=llm_config_from_args(args), flag=args.flag,

@@ -383,7 +383,8 @@ def run_cli(args) -> int:
   if args.beam:
     if config.method == "random":
       raise ValueError("--method random runs in-process only (it embeds nothing)")
-    from gembed.llmdata import beam_pipeline
+    from gembed.llmdata.cli_args import beam_pipeline_module
+    beam_pipeline = beam_pipeline_module()
     counts = beam_pipeline.run(beam_pipeline.build_mine, args, config=config, llm_config=llm_config)
     write_summary(args.output, {"config": dataclasses.asdict(config), "model": args.model,
                                 "inputs": args.input, "runner": args.runner, "counts": counts})

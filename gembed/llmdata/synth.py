@@ -128,7 +128,8 @@ def run_cli(args) -> int:
   from gembed.llmdata.cli_args import llm_config_from_args
   llm_config = llm_config_from_args(args, default_temperature=1.0)
   if getattr(args, "beam", False):
-    from gembed.llmdata import beam_pipeline
+    from gembed.llmdata.cli_args import beam_pipeline_module
+    beam_pipeline = beam_pipeline_module()
     args.input = [args.passages]
     counts = beam_pipeline.run(beam_pipeline.build_llm_step, args, fn=synth_retrieval,
                                reader=beam_pipeline.read_passage_texts, llm_config=llm_config,

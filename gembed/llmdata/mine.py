@@ -26,7 +26,8 @@ import sys
 import numpy as np
 
 from gembed.llmdata import prompts
-from gembed.llmdata.neighbours import embed_to_file, normalize_text, top_k_neighbours
+from gembed.llmdata.neighbours import (embed_to_file, normalize_text, params_digest,
+                                       top_k_neighbours)
 from gembed.textio import InputError, iter_jsonl, read_lines
 
 METHODS = ("window", "llm", "random")
@@ -301,14 +302,14 @@ def mine(rows: list[dict], corpus: Corpus, positive_ids: list[int], *, encoder, 
       count_row(counts, out_rows[-1], config.num_negatives)
     return out_rows, counts
 
-  info = encoder.info
+  info, digest = encoder.info, params_digest(encoder.params)
   corpus_emb = embed_to_file(encoder, [info.format_document(t, ti or None)
                                        for t, ti in zip(corpus.texts, corpus.titles)],
                              os.path.join(work_dir, "corpus_embeddings.npy"), progress=progress,
-                             desc="embedding corpus")
+                             desc="embedding corpus", model_digest=digest)
   query_emb = embed_to_file(encoder, [info.format_query(q, query_task) for q in queries],
                             os.path.join(work_dir, "query_embeddings.npy"), progress=progress,
-                            desc="embedding queries")
+                            desc="embedding queries", model_digest=digest)
   scores, ids = top_k_neighbours(query_emb, corpus_emb, max(config.top_k, config.rank_window[1]),
                                  exclude, progress=progress)
   positive_scores = np.einsum("nd,nd->n", np.asarray(query_emb[row_query]),

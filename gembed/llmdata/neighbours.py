@@ -1,8 +1,9 @@
 """Corpus embedding and exact nearest-neighbour search in chunks.
 
 Embeddings are written chunk by chunk to a float32 .npy memmap, so a corpus larger than memory is
-embedded without holding it, and a killed run continues from its last finished chunk. The search streams corpus chunks past one query chunk at a time and
-keeps a running top-k on the accelerator: memory is O(query_chunk x corpus_chunk), never N x N.
+embedded without holding it, and a killed run continues from its last finished chunk. The search
+streams corpus chunks past one query chunk at a time and keeps a running top-k on the
+accelerator: memory is O(query_chunk x corpus_chunk), never N x N.
 Per-query exclusions (its positives and their exact duplicates) are masked inside the search, so
 every query still gets k valid neighbours.
 """
@@ -27,25 +28,32 @@ def normalize_text(text: str) -> str:
   return re.sub(r"\s+", " ", text).strip().casefold()
 
 
-def embeddings_fingerprint(encoder, texts: list[str]) -> str:
-  """What an embeddings file depends on: every parameter, the max length, every text."""
+def params_digest(params) -> str:
+  """SHA-256 of every parameter (computed once per model: an LLM's weights take a while)."""
   digest = hashlib.sha256()
-  for leaf in jax.tree_util.tree_leaves(encoder.params):
+  for leaf in jax.tree_util.tree_leaves(params):
     digest.update(np.asarray(leaf).tobytes())
-  digest.update(str(encoder.max_length).encode())
+  return digest.hexdigest()
+
+
+def embeddings_fingerprint(model_digest: str, max_length: int, texts: list[str]) -> str:
+  """What an embeddings file depends on: the model, the max length, every text."""
+  digest = hashlib.sha256(f"{model_digest} {max_length}".encode())
   for text in texts:
     digest.update(text.encode("utf-8") + b"\0")
   return digest.hexdigest()
 
 
 def embed_to_file(encoder, texts: list[str], path: str, *, chunk_size: int = 8192,
-                  progress: bool = True, desc: str = "embedding") -> np.ndarray:
+                  progress: bool = True, desc: str = "embedding",
+                  model_digest: str | None = None) -> np.ndarray:
   """L2-normalised embeddings of already formatted texts, written to `path` (.npy) in chunks.
 
   After each chunk `path.progress.json` records how many rows are done; a rerun with the same
   model and texts (same fingerprint) continues from there instead of starting over."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fingerprint = embeddings_fingerprint(encoder, texts)
+  fingerprint = embeddings_fingerprint(model_digest or params_digest(encoder.params),
+                                       encoder.max_length, texts)
   progress_file = f"{path}.progress.json"
   done = 0
   if os.path.exists(path) and os.path.exists(progress_file):

@@ -22,9 +22,19 @@ from gembed.llmdata.neighbours import normalize_text
 from gembed.textio import InputError, iter_jsonl, read_texts
 
 
-def _rate(client, items: list[str]):
-  return client.map([(prompts.rater_messages(item), prompts.parse_rating) for item in items],
-                    desc="rating")
+def _rated(client, items: list, render, counts: dict) -> list:
+  """The items the rater judged realistic and correct; the others are counted."""
+  ratings = client.map([(prompts.rater_messages(render(item)), prompts.parse_rating)
+                        for item in items], desc="rating")
+  kept = []
+  for item, rating in zip(items, ratings):
+    if not rating.ok:
+      counts["rating_failed"] += 1
+    elif not rating.value:
+      counts["rated_unrealistic"] += 1
+    else:
+      kept.append(item)
+  return kept
 
 
 def _provenance(client) -> dict:
@@ -53,16 +63,10 @@ def synth_retrieval(passages: list[str], client, *, queries_per_passage: int = 1
       continue
     seen.add(key)
     items.append((result.value, passage))
-  ratings = _rate(client, [f"Query: {v['query']}\nPassage: {p}" for v, p in items])
-  out, provenance = [], _provenance(client)
-  for (value, passage), rating in zip(items, ratings):
-    if not rating.ok:
-      counts["rating_failed"] += 1
-    elif not rating.value:
-      counts["rated_unrealistic"] += 1
-    else:
-      out.append({"query": value["query"], "positive": passage, "task": task_name,
-                  "task_description": value["task"], "synth": provenance})
+  provenance = _provenance(client)
+  kept = _rated(client, items, lambda i: f"Query: {i[0]['query']}\nPassage: {i[1]}", counts)
+  out = [{"query": value["query"], "positive": passage, "task": task_name,
+          "task_description": value["task"], "synth": provenance} for value, passage in kept]
   counts["written"] = len(out)
   return out, counts
 
@@ -93,15 +97,10 @@ def synth_classification(labels: list[str], client, *, description: str, per_lab
         continue
       seen.add(normalize_text(text))
       items.append((text, label))
-  ratings = _rate(client, [f"Task: {description}\nLabel: {label}\nText: {text}"
-                           for text, label in items])
   out, provenance = [], _provenance(client)
-  for (text, label), rating in zip(items, ratings):
-    if not rating.ok:
-      counts["rating_failed"] += 1
-    elif not rating.value:
-      counts["rated_unrealistic"] += 1
-    elif per[label] < per_label:
+  for text, label in _rated(client, items,
+                            lambda i: f"Task: {description}\nLabel: {i[1]}\nText: {i[0]}", counts):
+    if per[label] < per_label:
       per[label] += 1
       out.append({"text": text, "label": label, "synth": provenance})
   counts["written"] = len(out)

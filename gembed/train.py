@@ -109,7 +109,8 @@ def build_data(config, info: modeldir.ModelInfo, seed: int):
     raise ValueError("config.data.tasks is empty: name at least one training dataset")
   specs = [pipeline.TaskSpec(name=t.name, files=tuple(os.path.join(d.dir, f) for f in t.files),
                              prompt_task=t.prompt_task, rate=t.rate or None, source=t.source,
-                             tfds_name=t.tfds_name, tfds_data_dir=t.tfds_data_dir, split=t.split)
+                             tfds_name=t.tfds_name, tfds_data_dir=t.tfds_data_dir, split=t.split,
+                             seed=seed)
            for t in d.tasks]
   tasks = [pipeline.register_task(
       s, tokenizer_file=info.tokenizer_file, query_length=d.query_length,

@@ -18,6 +18,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from gembed.data import labelled
 from gembed.data.sources import Rows, read_jsonl_rows
 from gembed.data.vocabulary import HfTokenizerVocabulary
 
@@ -34,10 +35,11 @@ class TaskSpec:
   files: tuple[str, ...] = ()
   prompt_task: str = "search result"  # the {task} in the query prompt
   rate: float | None = None  # explicit mixture rate; None: from the mixing rule
-  source: str = "jsonl"  # jsonl | tfrecord | tfds
+  source: str = "jsonl"  # jsonl | tfrecord | tfds | classification | clustering (data/labelled.py)
   tfds_name: str = ""  # a registered TFDS name or a prepared dataset directory (source = tfds)
   tfds_data_dir: str = ""
   split: str = "train"
+  seed: int = 0  # the pairing and negatives of labelled sources
 
 
 # TFRecord rows: tf.train.Example with these bytes features (negatives: any number).
@@ -75,12 +77,16 @@ def standardize_columns(ds, num_negatives: int, task_name: str):
 
 def _source(spec: TaskSpec, num_negatives: int, skip_bad_rows: bool):
   """(dataset_fn, number of rows, skipped rows) for one task's source."""
-  if spec.source == "jsonl":
-    rows: Rows = read_jsonl_rows(list(spec.files), num_negatives, skip_bad_rows)
+  if spec.source in ("jsonl", *labelled.KINDS):
+    rows: Rows = (read_jsonl_rows(list(spec.files), num_negatives, skip_bad_rows)
+                  if spec.source == "jsonl" else
+                  labelled.read_labelled_rows(list(spec.files), spec.source, num_negatives,
+                                              spec.seed, skip_bad_rows))
     columns = {k: (v.astype(str) if v.dtype == object else v) for k, v in rows.as_dict().items()}
     return (lambda: tf.data.Dataset.from_tensor_slices(columns)), len(rows), rows.skipped
   if skip_bad_rows:
-    raise ValueError(f"task {spec.name}: data.skip_bad_rows applies to JSONL sources only")
+    raise ValueError(f"task {spec.name}: data.skip_bad_rows applies to JSONL and labelled "
+                     "sources only")
   if spec.source == "tfrecord":
     missing = [f for f in spec.files if not tf.io.gfile.exists(f)]
     if missing:
@@ -104,7 +110,8 @@ def _source(spec: TaskSpec, num_negatives: int, skip_bad_rows: bool):
       return standardize_columns(builder.as_dataset(split=spec.split, shuffle_files=False),
                                  num_negatives, spec.name)
     return tfds_dataset, builder.info.splits[spec.split].num_examples, 0
-  raise ValueError(f"task {spec.name}: source {spec.source!r}; use jsonl, tfrecord or tfds")
+  raise ValueError(f"task {spec.name}: source {spec.source!r}; use jsonl, tfrecord, tfds, "
+                   f"{' or '.join(labelled.KINDS)}")
 
 
 def _template_parts(template: str, field: str):

@@ -47,6 +47,7 @@ def get_base_config():
   c.prompts.query = GEMINI_QUERY_PROMPT  # "" trains without a query prompt
   c.prompts.document = GEMINI_DOCUMENT_FORMAT  # "" joins title + " " + text (MTEB)
   c.prompts.default_task = "search result"  # task used by `gembed encode --task` when omitted
+  c.prompts.task_dropout = 0.0  # probability that a training query's task string is empty
 
   c.data = ml_collections.ConfigDict()
   c.data.dir = ""  # base directory of relative task files

@@ -116,7 +116,7 @@ def build_data(config, info: modeldir.ModelInfo, seed: int):
       s, tokenizer_file=info.tokenizer_file, query_length=d.query_length,
       document_length=d.document_length, num_negatives=d.num_negatives,
       query_prompt=config.prompts.query, document_format=config.prompts.document,
-      skip_bad_rows=d.skip_bad_rows) for s in specs]
+      skip_bad_rows=d.skip_bad_rows, task_dropout=config.prompts.task_dropout) for s in specs]
   rates = pipeline.mixture_rates(tasks, specs, d.mixing, d.mixing_temperature)
   if d.length_buckets and jax.process_count() > 1:
     raise ValueError("data.length_buckets cuts each host's batch on its own; with several hosts "

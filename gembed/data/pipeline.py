@@ -25,6 +25,7 @@ from gembed.data.vocabulary import HfTokenizerVocabulary
 log = logging.getLogger(__name__)
 
 _HASH_BUCKETS = 2**31 - 1
+_DRAW_BUCKETS = 2**53  # uniform draws from a hash, exact in float64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,10 +123,21 @@ def _template_parts(template: str, field: str):
 
 
 def apply_prompts(ds, *, query_prompt: str, document_format: str, prompt_task: str,
-                  num_negatives: int):
-  """Formats queries with the task prompt and documents with the document format, in TF."""
-  q_before, q_after = _template_parts(query_prompt.replace("{task}", prompt_task), "text") \
-      if query_prompt else ("", "")
+                  num_negatives: int, task_dropout: float = 0.0, seed: int = 0):
+  """Formats queries with the task prompt and documents with the document format, in TF.
+
+  `task_dropout`: the probability that a query's task string is replaced by an empty task
+  (GE2's random task-string dropout). The draw is a hash of (seed, query, positive): seeded,
+  the same on every host and epoch, so resumed iterators continue exactly.
+  """
+  if not 0.0 <= task_dropout <= 1.0:
+    raise ValueError(f"prompts.task_dropout {task_dropout}: expected a probability in [0, 1]")
+
+  def query_parts(task):
+    return _template_parts(query_prompt.replace("{task}", task), "text") if query_prompt else ("", "")
+  q_before, q_after = query_parts(prompt_task)
+  dropout = task_dropout > 0 and "{task}" in query_prompt
+  empty_before, empty_after = query_parts("")
 
   def document(text, title):
     if not document_format:  # MTEB convention: title + " " + text
@@ -140,6 +152,12 @@ def apply_prompts(ds, *, query_prompt: str, document_format: str, prompt_task: s
   def fn(ex):
     ex = dict(ex)
     ex["query_text"] = tf.strings.join([q_before, ex["query"], q_after])
+    if dropout:
+      draw = tf.strings.to_hash_bucket_strong(tf.strings.join([ex["query"], ex["positive"]], "\x00"),
+                                              _DRAW_BUCKETS, key=[seed, 1])
+      ex["query_text"] = tf.where(tf.cast(draw, tf.float64) < task_dropout * _DRAW_BUCKETS,
+                                  tf.strings.join([empty_before, ex["query"], empty_after]),
+                                  ex["query_text"])
     ex["positive_text"] = document(ex["positive"], ex["title"])
     for k in range(num_negatives):
       ex[f"negative_{k}_text"] = document(ex[f"negative_{k}"], tf.constant(""))
@@ -184,7 +202,7 @@ def select_model_inputs(ds, num_negatives: int):
 
 def register_task(spec: TaskSpec, *, tokenizer_file: str, query_length: int, document_length: int,
                   num_negatives: int, query_prompt: str, document_format: str,
-                  skip_bad_rows: bool = False) -> seqio.Task:
+                  skip_bad_rows: bool = False, task_dropout: float = 0.0) -> seqio.Task:
   """Registers (or re-registers) `spec` as a SeqIO task and returns it."""
   make_dataset, num_rows, skipped = _source(spec, num_negatives, skip_bad_rows)
   log.info("task %s: %d rows from %s (%d malformed rows skipped)", spec.name, num_rows,
@@ -204,7 +222,8 @@ def register_task(spec: TaskSpec, *, tokenizer_file: str, query_length: int, doc
   rename = {f"{name}": f"{name}_text" for name in text_features(num_negatives)}
   preprocessors = [
       functools.partial(apply_prompts, query_prompt=query_prompt, document_format=document_format,
-                        prompt_task=spec.prompt_task, num_negatives=num_negatives),
+                        prompt_task=spec.prompt_task, num_negatives=num_negatives,
+                        task_dropout=task_dropout, seed=spec.seed),
       identity_keys,
       functools.partial(_tokenize_formatted, rename=rename, output_features=output_features),
       functools.partial(select_model_inputs, num_negatives=num_negatives),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -398,6 +399,19 @@ def add_parser(sub) -> None:
     p.add_argument("--max-length", type=int, default=128)
 
 
+PEER_PACKAGES = ("torch", "sentence_transformers", "transformers", "datasets")
+
+
 def run(args) -> int:
-  print(json.dumps(args.bench_fn(args), indent=2))
+  try:
+    result = args.bench_fn(args)
+  except ModuleNotFoundError as e:
+    if e.name not in PEER_PACKAGES:
+      raise
+    # The main install has no PyTorch; the peer side lives in the test extra.
+    hint = " (or --no-peer: gembed alone)" if args.bench == "train" else ""
+    print(f"gembed bench {args.bench}: the sentence-transformers side needs {e.name}: "
+          f"pip install -e '.[test]'{hint}", file=sys.stderr)
+    return 2
+  print(json.dumps(result, indent=2))
   return 0

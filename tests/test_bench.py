@@ -22,3 +22,16 @@ def test_train_benchmark_without_tensorflow(tmp_path):
   result = json.loads(out.stdout)
   assert result["steps_timed"] == 3 and result["gembed_examples_per_s"] > 0
   assert result["gembed_mfu"] > 0 and result["grad_cache_chunk"] == 4
+
+
+def test_peer_benchmark_without_torch_says_what_to_install():
+  """The main install has no PyTorch: a peer benchmark says so in one line instead of a traceback."""
+  block_torch = ("import sys; sys.modules['torch'] = None; "
+                 "from gembed import cli; sys.exit(cli.main(sys.argv[1:]))")
+  out = subprocess.run([sys.executable, "-c", block_torch, "bench", "encode"],
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 2, out.stderr[-3000:]
+  lines = [line for line in out.stderr.splitlines() if line.startswith("gembed bench")]
+  assert lines == ["gembed bench encode: the sentence-transformers side needs torch: "
+                   "pip install -e '.[test]'"], out.stderr[-3000:]
+  assert "Traceback" not in out.stderr

@@ -45,7 +45,7 @@ def abstract_batch(config, mesh) -> dict:
 
 def compile_train_step(config, devices=None):
   """(compiled step, model config) for `devices` (default: this host's)."""
-  from gembed.cli import resolve_model_arg
+  from gembed.modeldir import resolve_model_arg
   from gembed.train import jit_train_step, model_config_for_run, optimizer_state_sharding
 
   model_config = model_config_for_run(

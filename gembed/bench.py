@@ -131,7 +131,7 @@ def _gembed_train_setup(model_dir, rows, batch_size, max_length, dims, grad_cach
 
 def _model_dir(args) -> str:
   from gembed import modeldir
-  from gembed.cli import resolve_model_arg
+  from gembed.modeldir import resolve_model_arg
   return resolve_model_arg(args.model) if args.model else modeldir.default_model_dir()
 
 

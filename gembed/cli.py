@@ -10,15 +10,7 @@ import sys
 
 import numpy as np
 
-MODEL_ALIASES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
-
-
-def resolve_model_arg(spec: str) -> str:
-  """The shipped checkpoint may be named instead of given as a path (it is never downloaded)."""
-  if spec in MODEL_ALIASES and not os.path.exists(spec):
-    from gembed.modeldir import default_model_dir
-    return default_model_dir()
-  return spec
+from gembed.modeldir import resolve_model_arg
 
 
 def _encode(args) -> int:

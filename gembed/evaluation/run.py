@@ -15,7 +15,7 @@ def default_dims(info) -> list[int]:
 
 def run_cli(args) -> int:
   from gembed import modeldir
-  from gembed.cli import resolve_model_arg
+  from gembed.modeldir import resolve_model_arg
   from gembed.encode import TextEncoder
 
   sets = suite.select(suite.discover(args.data, args.split), args.tasks)

@@ -74,7 +74,7 @@ class _WithEncoder(_Counted):
 
   def setup(self):
     from gembed import modeldir
-    from gembed.cli import resolve_model_arg
+    from gembed.modeldir import resolve_model_arg
     from gembed.encode import TextEncoder
     info, params = modeldir.load_model(resolve_model_arg(self.model))
     self.encoder = TextEncoder(info, params, batch_size=self.batch_size, max_length=self.max_length)

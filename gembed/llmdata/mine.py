@@ -368,7 +368,7 @@ def write_summary(path: str, summary: dict):
 
 def run_cli(args) -> int:
   from gembed import modeldir
-  from gembed.cli import resolve_model_arg
+  from gembed.modeldir import resolve_model_arg
   from gembed.encode import TextEncoder
   from gembed.llmdata.client import LLMClient
   from gembed.llmdata.cli_args import llm_config_from_args

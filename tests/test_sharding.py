@@ -1,4 +1,8 @@
-"""A train step on 8 simulated devices equals the single-device step (atol = rtol = 1e-5)."""
+"""A train step on 8 simulated devices equals the single-device step.
+
+Loss, gradients and metrics agree to 1e-5. Updated parameters are compared at 2 x lr: AdamW
+normalises each update to about lr, so a parameter whose true gradient is ~0 can step the other
+way when the sharded sum rounds differently (measured: 1.7e-5 at lr 2e-5 on a 2x4 mesh)."""
 
 import functools
 
@@ -18,8 +22,11 @@ CONFIG = TINY.replace(projection_dim=24)
 LOSS = LossConfig(temperature=0.05, dims=(24, 12, 6))
 
 
+LEARNING_RATE = 2e-5
+
+
 def _optim():
-  c = ml_collections.ConfigDict(dict(name="adamw", learning_rate=2e-5, warmup_steps=0,
+  c = ml_collections.ConfigDict(dict(name="adamw", learning_rate=LEARNING_RATE, warmup_steps=0,
                                      total_steps=10, decay="constant", end_factor=0.0,
                                      weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-8, clip_norm=1.0))
   return make_optimizer(c)
@@ -56,7 +63,7 @@ def test_sharded_step_equals_single_device(shape):
   sharded = _run(sharding.make_mesh(shape))
   chex.assert_trees_all_close(sharded[0], reference[0], atol=1e-5, rtol=1e-5)
   chex.assert_trees_all_close(sharded[1], reference[1], atol=1e-5, rtol=1e-5)
-  chex.assert_trees_all_close(sharded[2], reference[2], atol=1e-5, rtol=1e-5)
+  chex.assert_trees_all_close(sharded[2], reference[2], atol=2 * LEARNING_RATE, rtol=1e-5)
   chex.assert_trees_all_close(sharded[3], reference[3], atol=1e-5, rtol=1e-5)
 
 

@@ -7,14 +7,16 @@ GEMINI_DOCUMENT_FORMAT = "title: {title} | text: {text}"
 
 
 def task(name, files=(), prompt_task="search result", rate=0.0, source="jsonl", tfds_name="",
-         tfds_data_dir="", split="train"):
+         tfds_data_dir="", split="train", weight=1.0):
   """One training dataset: JSONL or TFRecord files relative to data.dir, or a TFDS dataset
-  (a registered name or a prepared directory); rate is used when data.mixing = 'explicit'.
+  (a registered name or a prepared directory); rate is used when data.mixing = 'explicit',
+  weight multiplies the rate of the proportional and temperature rules (then renormalised).
   source = "classification" | "clustering" reads {"text", "label"} files as (text, label text)
   or (text, same-label text) rows (gembed/data/labelled.py); name tasks with [A-Za-z0-9_.:]."""
   return ml_collections.ConfigDict(
       {"name": name, "files": list(files), "prompt_task": prompt_task, "rate": rate,
-       "source": source, "tfds_name": tfds_name, "tfds_data_dir": tfds_data_dir, "split": split})
+       "source": source, "tfds_name": tfds_name, "tfds_data_dir": tfds_data_dir, "split": split,
+       "weight": weight})
 
 
 # The pair sets of shared/data/training and their prompt tasks: stage 1 reads them as they are,

@@ -174,7 +174,9 @@ def bench_train(args) -> dict:
   opt = torch.optim.AdamW(peer.parameters(), lr=2e-5)
 
   def peer_step(chunk):
-    features = [{name: t.to(device) for name, t in peer.tokenize([r[k] for r in chunk]).items()}
+    # sentence-transformers 6.2's preprocess output holds non-tensor entries too
+    features = [{name: t.to(device) if torch.is_tensor(t) else t
+                 for name, t in peer.preprocess([r[k] for r in chunk]).items()}
                 for k in ("query", "positive", "negative")]
     loss = loss_fn(features, None)
     opt.zero_grad()
@@ -394,6 +396,9 @@ def add_parser(sub) -> None:
   mine_p.add_argument("--margin-ratio", type=float, default=0.95)
   mine_p.add_argument("--repeats", type=int, default=3)
   mine_p.set_defaults(bench_fn=bench_mine)
+  kinds.add_parser("quality", help="the recipe vs sentence-transformers on held-out sets: "
+                   "gembed bench quality --config configs/recipe.py --workdir DIR "
+                   "[--config.a.b=v ...] (gembed/quality.py)")
   for p in (enc, train, memory, data, mine_p):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-length", type=int, default=128)

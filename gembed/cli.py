@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
 
   sub.add_parser("train", help="train: gembed train --config configs/X.py --workdir DIR "
                  "[--config.a.b=v ...] (the flags of python -m gembed.main)")
+  sub.add_parser("recipe", help="the whole recipe: gembed recipe --config configs/recipe.py "
+                 "--workdir DIR [--config.a.b=v ...] (stage 1 -> mine -> ingredients -> soup -> "
+                 "held-out evaluation -> report)")
 
   ev = sub.add_parser("eval", help="MTEB-style evaluation at every MRL dimension")
   ev.add_argument("--model", required=True)
@@ -158,6 +161,12 @@ def main(argv=None) -> int:
   if argv[:1] == ["train"]:  # every flag belongs to the trainer's absl/ml_collections parser
     from gembed import main as train_main
     return train_main.run(["gembed train", *argv[1:]])
+  if argv[:1] == ["recipe"]:  # the recipe config's flags, like train's
+    from gembed import recipe
+    return recipe.main(["gembed recipe", *argv[1:]])
+  if argv[:2] == ["bench", "quality"]:  # the recipe config's flags too
+    from gembed import quality
+    return quality.main(["gembed bench quality", *argv[2:]])
   args = build_parser().parse_args(argv)
   logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                       format="%(asctime)s %(levelname)s %(name)s: %(message)s")

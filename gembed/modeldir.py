@@ -88,6 +88,12 @@ def write_model_info(info: ModelInfo, directory: str) -> None:
   (target_dir / META_FILE).write_text(json.dumps(info.to_json(), indent=2))
 
 
+def save_model(info: ModelInfo, params, directory: str) -> None:
+  """A standalone model directory (gembed_model.json, tokenizer, params/): soups, fitted heads."""
+  write_model_info(info, directory)
+  checkpoint.save_params(f"{checkpoint.absolute(directory)}/{PARAMS_SUBDIR}", params)
+
+
 def read_model_info(directory: str) -> ModelInfo:
   """The ModelInfo of a gembed directory; a remote tokenizer is cached locally (Rust reads files)."""
   directory = checkpoint.absolute(directory)

@@ -168,9 +168,7 @@ def make_soup(models: Sequence[str], output: str, weights: Sequence[float] | Non
                   weights={m: float(x) for m, x in zip(models, w)})
     if dev_score is not None:
       record["dev_score"] = dev_score(info, params)
-  modeldir.write_model_info(info, output)
-  checkpoint.save_params(f"{checkpoint.absolute(output)}/{modeldir.PARAMS_SUBDIR}",
-                         jax.tree.map(np.asarray, params))
+  modeldir.save_model(info, jax.tree.map(np.asarray, params), output)
   from etils import epath
   (epath.Path(checkpoint.absolute(output)) / SOUP_LOG).write_text(json.dumps(record, indent=2))
   return record

@@ -108,7 +108,8 @@ def build_data(config, info: modeldir.ModelInfo, seed: int):
   if not d.tasks:
     raise ValueError("config.data.tasks is empty: name at least one training dataset")
   specs = [pipeline.TaskSpec(name=t.name, files=tuple(os.path.join(d.dir, f) for f in t.files),
-                             prompt_task=t.prompt_task, rate=t.rate or None, source=t.source,
+                             prompt_task=t.prompt_task, rate=t.rate or None, weight=t.weight,
+                             source=t.source,
                              tfds_name=t.tfds_name, tfds_data_dir=t.tfds_data_dir, split=t.split,
                              seed=seed)
            for t in d.tasks]
@@ -117,7 +118,7 @@ def build_data(config, info: modeldir.ModelInfo, seed: int):
       document_length=d.document_length, num_negatives=d.num_negatives,
       query_prompt=config.prompts.query, document_format=config.prompts.document,
       skip_bad_rows=d.skip_bad_rows, task_dropout=config.prompts.task_dropout) for s in specs]
-  rates = pipeline.mixture_rates(tasks, specs, d.mixing, d.mixing_temperature)
+  rates = pipeline.mixture_rates([t.num_rows for t in tasks], specs, d.mixing, d.mixing_temperature)
   if d.length_buckets and jax.process_count() > 1:
     raise ValueError("data.length_buckets cuts each host's batch on its own; with several hosts "
                      "use static lengths (data.length_buckets = ())")

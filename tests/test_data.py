@@ -36,7 +36,7 @@ def _mixture(tmp_path, minilm, seed=0, rates=(0.5, 0.3, 0.2), batch=4):
   tasks = [pipeline.register_task(s, tokenizer_file=info.tokenizer_file, query_length=16,
                                   document_length=24, num_negatives=1, query_prompt=PROMPT,
                                   document_format=DOC) for s in specs]
-  rates = pipeline.mixture_rates(tasks, specs, "explicit")
+  rates = pipeline.mixture_rates([t.num_rows for t in tasks], specs, "explicit")
   ds = pipeline.make_mixture(tasks, rates, host_batch_size=batch, seed=seed, shard_index=0,
                              num_shards=1, shuffle_buffer=64, query_length=16, document_length=24,
                              num_negatives=1, pad_id=0)

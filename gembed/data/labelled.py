@@ -18,7 +18,7 @@ import logging
 
 import numpy as np
 
-from gembed.data.sources import Rows
+from gembed.data.sources import Rows, read_jsonl_rows
 from gembed.textio import InputError, iter_jsonl
 
 log = logging.getLogger(__name__)
@@ -123,3 +123,11 @@ def read_labelled_rows(paths: list[str], kind: str, num_negatives: int, seed: in
     raise InputError(f"{', '.join(paths)}: no {kind} training rows")
   rows.skipped = skipped
   return rows
+
+
+def read_task_rows(source: str, paths: list[str], num_negatives: int, seed: int = 0,
+                   skip_bad_rows: bool = False) -> Rows:
+  """The rows of a JSONL (pairs/triples) or labelled (`classification`/`clustering`) task."""
+  if source == "jsonl":
+    return read_jsonl_rows(paths, num_negatives, skip_bad_rows)
+  return read_labelled_rows(paths, source, num_negatives, seed, skip_bad_rows)

@@ -19,7 +19,6 @@ import seqio
 import tensorflow as tf
 
 from gembed.data import labelled
-from gembed.data.sources import Rows, read_jsonl_rows
 from gembed.data.vocabulary import HfTokenizerVocabulary
 
 log = logging.getLogger(__name__)
@@ -36,6 +35,7 @@ class TaskSpec:
   files: tuple[str, ...] = ()
   prompt_task: str = "search result"  # the {task} in the query prompt
   rate: float | None = None  # explicit mixture rate; None: from the mixing rule
+  weight: float = 1.0  # multiplies the proportional / temperature rule's rate
   source: str = "jsonl"  # jsonl | tfrecord | tfds | classification | clustering (data/labelled.py)
   tfds_name: str = ""  # a registered TFDS name or a prepared dataset directory (source = tfds)
   tfds_data_dir: str = ""
@@ -79,10 +79,8 @@ def standardize_columns(ds, num_negatives: int, task_name: str):
 def _source(spec: TaskSpec, num_negatives: int, skip_bad_rows: bool):
   """(dataset_fn, number of rows, skipped rows) for one task's source."""
   if spec.source in ("jsonl", *labelled.KINDS):
-    rows: Rows = (read_jsonl_rows(list(spec.files), num_negatives, skip_bad_rows)
-                  if spec.source == "jsonl" else
-                  labelled.read_labelled_rows(list(spec.files), spec.source, num_negatives,
-                                              spec.seed, skip_bad_rows))
+    rows = labelled.read_task_rows(spec.source, list(spec.files), num_negatives, spec.seed,
+                                   skip_bad_rows)
     columns = {k: (v.astype(str) if v.dtype == object else v) for k, v in rows.as_dict().items()}
     return (lambda: tf.data.Dataset.from_tensor_slices(columns)), len(rows), rows.skipped
   if skip_bad_rows:
@@ -310,18 +308,17 @@ def batch_task(ds, *, batch_size: int, query_length: int, document_length: int, 
   return ds
 
 
-def mixture_rates(tasks: list[seqio.Task], specs: list[TaskSpec], rule: str,
-                  temperature: float = 1.0) -> np.ndarray:
-  """Per-task sampling rates: explicit, proportional to size, or size**(1/temperature)."""
-  sizes = np.asarray([t.num_rows for t in tasks], np.float64)
+def mixture_rates(sizes, specs: list[TaskSpec], rule: str, temperature: float = 1.0) -> np.ndarray:
+  """Per-task sampling rates: explicit, or proportional to size or size**(1/temperature) times
+  each task's weight; normalised to sum 1."""
+  sizes = np.asarray(sizes, np.float64)
   if rule == "explicit":
     if any(s.rate is None for s in specs):
       raise ValueError("data.mixing = 'explicit' needs a rate for every task")
     rates = np.asarray([s.rate for s in specs], np.float64)
-  elif rule == "proportional":
-    rates = sizes
-  elif rule == "temperature":
-    rates = sizes ** (1.0 / temperature)
+  elif rule in ("proportional", "temperature"):
+    exponent = 1.0 if rule == "proportional" else 1.0 / temperature
+    rates = sizes ** exponent * np.asarray([s.weight for s in specs], np.float64)
   else:
     raise ValueError(f"data.mixing {rule!r}: use proportional, temperature or explicit")
   return rates / rates.sum()

@@ -61,7 +61,7 @@ def discover(data_dir: str, split: str = "test") -> list[EvalSet]:
     root = os.path.join(data_dir, task_type)
     if not os.path.isdir(root):
       continue
-    for dirpath, dirnames, filenames in sorted(os.walk(root)):
+    for dirpath, dirnames, filenames in sorted(os.walk(root, followlinks=True)):
       dirnames.sort()
       rel = os.path.relpath(dirpath, data_dir).replace(os.sep, "/")
       if task_type == "retrieval":

@@ -41,7 +41,8 @@ def _layout(base, rng):
   ev = lambda i: f"eval {i} " + _sentence(rng)  # noqa: E731
   for name in ("medquad-pairs", "snli-triples", "xnli-triples"):
     _write(data / "training" / f"{name}.jsonl",
-           [{"query": tr(i), "positive": tr(i), "negative": tr(i)} for i in range(24)])
+           [{"query": tr(i), "positive": tr(i), "negative": tr(i)} for i in range(24)] +
+           [{"query": "Good  Movie", "positive": tr(99)}])
   labels = ("joy", "anger", "sadness")
   for name in ("tweeteval-emotion", "tweeteval-sentiment", "xlmt-sentiment/en"):
     for split in ("train", "test"):
@@ -54,7 +55,8 @@ def _layout(base, rng):
   _write(data / "classification" / "held" / "train.jsonl",
          [{"text": ev(i), "label": labels[i % 3]} for i in range(24)])
   _write(data / "classification" / "held" / "test.jsonl",
-         [{"text": ev(i), "label": labels[i % 3]} for i in range(12)])
+         [{"text": ev(i), "label": labels[i % 3]} for i in range(12)] +
+         [{"text": "good movie", "label": "joy"}])  # shared with training, but two words
   retrieval = data / "retrieval" / "held"
   _write(retrieval / "corpus.jsonl", [{"_id": f"d{i}", "title": "", "text": ev(i)} for i in range(12)])
   _write(retrieval / "queries.jsonl", [{"_id": f"q{i}", "text": ev(i)} for i in range(6)])
@@ -97,7 +99,7 @@ def test_recipe_runs_every_step_and_resumes(tmp_path, minilm_dir, caplog):
     assert set(r["type_mean"]) == {"32", "16", "8"}
     assert set(r["tasks"]) == {"sts/held", "classification/held", "retrieval/held"}
   mined = [json.loads(line) for line in open(work / "mined" / "medquad.jsonl")]
-  assert len(mined) == 24 and all(len(r["negatives"]) == 1 for r in mined)
+  assert len(mined) == 25 and all(len(r["negatives"]) == 1 for r in mined)
   soup = json.loads((work / "soup" / "soup.json").read_text())
   assert soup["method"] == "greedy" and len(soup["steps"]) == 2
   report = (work / "report.md").read_text()
@@ -123,7 +125,7 @@ def test_held_out_check_names_the_overlapping_set(tmp_path):
   stage = recipe.resolve_stage(config.stage1, paths)
   held = suite.select(suite.discover(str(data)), ["sts/held", "classification/held"])
   checked = recipe.check_held_out([stage], held)
-  assert checked == {"sts/held": 32, "classification/held": 36}
+  assert checked == {"sts/held": 32, "classification/held": 37}
   leaked = json.loads((data / "classification" / "held" / "test.jsonl").read_text().splitlines()[3])
   with open(data / "training" / "medquad-pairs.jsonl", "a") as f:
     f.write(json.dumps({"query": "  " + leaked["text"].upper(), "positive": "x"}) + "\n")

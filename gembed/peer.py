@@ -60,7 +60,7 @@ def train_peer(init_dir: str, stages, dims, output: str, *, learning_rate: float
   torch.manual_seed(seed)
   base = SentenceTransformer(init_dir, device="cpu")
   base.max_seq_length = max_length
-  width = base.get_sentence_embedding_dimension()
+  width = base.get_embedding_dimension()
   head = models.Dense(width, max(dims), activation_function=torch.nn.Identity())
   model = SentenceTransformer(modules=[base[0], base[1], head, models.Normalize()], device="cpu")
   temperature = stages[0].loss.temperature
@@ -91,6 +91,6 @@ def train_peer(init_dir: str, stages, dims, output: str, *, learning_rate: float
       schedule.step()
       step += 1
       if step % 10 == 0 or step == total:
-        log.info("peer step %d/%d: loss %.4f", step, total, float(loss))
+        log.info("peer step %d/%d: loss %.4f", step, total, loss.item())
   model.save(output)
   return output

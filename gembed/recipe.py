@@ -473,7 +473,9 @@ def main(argv: list[str], command=None) -> int:
   if config_flag.value is None or not workdir.value:
     print(f"{argv[0]}: --config and --workdir are required", file=sys.stderr)
     return 2
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  # force: Orbax's absl import has already put a handler on the root logger
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                      force=True)
   for noisy in ("absl", "jax", "tensorboardX"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
   try:

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from gembed import recipe
+from gembed import quality, recipe
 from gembed.evaluation import suite
 from gembed.textio import InputError
 from tiny import make_tiny_bert_dir
@@ -111,9 +111,16 @@ def test_recipe_runs_every_step_and_resumes(tmp_path, minilm_dir, caplog):
 
   caplog.clear()
   with caplog.at_level("INFO"):
-    again = recipe.run(config, str(work))  # every step done: nothing is trained again
-  assert again == json.loads(json.dumps(results))
+    # `gembed bench quality` in the same workdir: the recipe's steps are all done (nothing is
+    # trained again); the sentence-transformers peer trains on the same rows and is scored.
+    both = quality.run(config, str(work))
   assert sum("already trained" in m for m in caplog.messages) == 3
+  assert {n: both[n] for n in results} == json.loads(json.dumps(results))
+  peer = both["peer"]
+  assert set(peer["tasks"]) == set(results["init"]["tasks"]) and set(peer["type_mean"]) == {"32", "16", "8"}
+  assert json.loads((work / "peer" / "2_Dense" / "config.json").read_text())["out_features"] == 32
+  table = (work / "quality.md").read_text()
+  assert "| peer |" in table and "| soup |" in table
 
 
 def test_held_out_check_names_the_overlapping_set(tmp_path):

@@ -71,6 +71,7 @@ def get_base_config():
   c.loss.mrl_weights = ()  # one weight per dim; () = all 1
   c.loss.decoupled = False  # ablation: drop the own positive from the denominator
   c.loss.ring = False  # ring NCE (shard_map + ppermute): no device holds the B x B logits
+  c.loss.prefix_distill = 0.0  # weight of the MRL prefixes' distillation from the full width
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adamw"  # adamw | sgd

@@ -134,6 +134,38 @@ def ring_nce_loss(query, positive, negatives=None, negative_valid=None, *, query
   return loss, jax.lax.psum(correct, axis_name) / total_rows
 
 
+def prefix_distillation_loss(query, positive, *, dims: Sequence[int], temperature: float,
+                             row_chunk: int = 0):
+  """MRL prefixes taught by the model's own full width: for each prefix d below the full width,
+  KL(softmax over in-batch positives at full width || the same at d), mean over rows, summed
+  over dims. The full-width ranking is the teacher (no gradient flows into it), so the prefixes
+  learn the structure the full embedding already has (the similarity-structure distillation of
+  Matryoshka-Adaptor and EmbeddingGemma, with the teacher inside the model).
+
+  `row_chunk` > 0: the (rows x B) logits `row_chunk` query rows at a time (GradCache memory).
+  """
+  width = query.shape[-1]
+  small = [d for d in dims if d < width]
+  if not small:
+    return jnp.zeros((), jnp.float32)
+  p_full = _normalize(positive)
+  p_small = [_normalize(positive[:, :d]) for d in small]
+
+  def rows_kl(q_rows):
+    teacher = jax.lax.stop_gradient(jax.nn.log_softmax(_normalize(q_rows) @ p_full.T / temperature))
+    total = 0.0
+    for d, p_d in zip(small, p_small):
+      student = jax.nn.log_softmax(_normalize(q_rows[:, :d]) @ p_d.T / temperature)
+      total = total + jnp.sum(jnp.exp(teacher) * (teacher - student), axis=-1)
+    return total
+
+  if row_chunk and row_chunk < query.shape[0]:
+    per_row = chunks.from_chunks(jax.lax.map(jax.checkpoint(rows_kl), chunks.to_chunks(query, row_chunk)))
+  else:
+    per_row = rows_kl(query)
+  return jnp.mean(per_row)
+
+
 def matryoshka_loss(query, positive, negatives=None, negative_valid=None, *, dims: Sequence[int],
                     weights: Sequence[float] | None = None, nce=nce_loss, **nce_kwargs):
   """MRL: sum_d c_d * NCE on the first d values of every embedding (re-normalised).

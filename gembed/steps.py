@@ -31,6 +31,7 @@ class LossConfig:
   decoupled: bool = False
   ring: bool = False  # ring NCE over the batch axes of the mesh set with `jax.set_mesh`
   row_chunk: int = 0  # > 0: logits computed this many query rows at a time (O(chunk x B) memory)
+  prefix_distill: float = 0.0  # weight of losses.prefix_distillation_loss (0: off)
 
 
 @flax.struct.dataclass
@@ -76,8 +77,17 @@ def contrastive_loss(loss_config: LossConfig, query, positive, negatives, batch)
     total, per_dim, accuracy = losses.matryoshka_loss(
         query, positive, negatives, batch.get("negative_valid"), row_chunk=loss_config.row_chunk,
         **kwargs)
-  metrics = {"loss": total, "accuracy": accuracy[max(dims)]}
+  metrics = {"accuracy": accuracy[max(dims)]}
   metrics.update({f"loss@{d}": v for d, v in per_dim.items()})
+  if loss_config.prefix_distill:
+    if loss_config.ring:
+      raise ValueError("loss.prefix_distill needs the in-batch logits: it does not run with loss.ring")
+    distill = losses.prefix_distillation_loss(query, positive, dims=dims,
+                                              temperature=loss_config.temperature,
+                                              row_chunk=loss_config.row_chunk)
+    metrics["prefix_distill"] = distill
+    total = total + loss_config.prefix_distill * distill
+  metrics["loss"] = total
   return total, metrics
 
 

@@ -85,7 +85,8 @@ def jit_train_step(config, model_config: ModelConfig, optimizer, schedule, state
   loss_config = LossConfig(temperature=config.loss.temperature,
                            dims=tuple(config.loss.mrl_dims) or (model_config.embedding_dim,),
                            weights=tuple(config.loss.mrl_weights),
-                           decoupled=config.loss.decoupled, ring=config.loss.ring)
+                           decoupled=config.loss.decoupled, ring=config.loss.ring,
+                           prefix_distill=config.loss.prefix_distill)
   return jax.jit(
       functools.partial(train_step, model_config=model_config, loss_config=loss_config,
                         optimizer=optimizer, schedule=schedule,

@@ -116,3 +116,37 @@ def test_row_chunked_nce_equals_full_nce_with_gradients(decoupled):
     np.testing.assert_allclose(loss(q, p, n, chunk)[1], loss(q, p, n, 0)[1])
   np.testing.assert_allclose(float(full[0]), reference_nce(q, p, n, valid, qk, pk, 0.05, decoupled),
                              rtol=1e-5)
+
+
+def reference_prefix_distillation(q, p, dims, tau):
+  def log_softmax_rows(q, p):
+    logits = _unit(q.astype(np.float64)) @ _unit(p.astype(np.float64)).T / tau
+    logits -= logits.max(axis=1, keepdims=True)
+    return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+  teacher = log_softmax_rows(q, p)
+  total = 0.0
+  for d in dims:
+    if d < q.shape[1]:
+      student = log_softmax_rows(q[:, :d], p[:, :d])
+      total += np.mean(np.sum(np.exp(teacher) * (teacher - student), axis=1))
+  return total
+
+
+def test_prefix_distillation_matches_numpy_and_teaches_only_prefixes():
+  import jax
+
+  q, p, *_ = _batch(4, b=12, d=16)
+  dims = (16, 8, 4)
+  value = losses.prefix_distillation_loss(q, p, dims=dims, temperature=0.1)
+  np.testing.assert_allclose(float(value), reference_prefix_distillation(q, p, dims, 0.1), rtol=1e-5)
+  assert float(losses.prefix_distillation_loss(q, p, dims=(16,), temperature=0.1)) == 0.0
+  # The full width is the teacher: the loss does not move the values beyond the largest prefix.
+  grad_q, grad_p = jax.grad(lambda q, p: losses.prefix_distillation_loss(
+      q, p, dims=dims, temperature=0.1), argnums=(0, 1))(q, p)
+  assert np.abs(grad_q[:, 8:]).max() == 0 and np.abs(grad_p[:, 8:]).max() == 0
+  assert np.abs(grad_q[:, :8]).max() > 0
+  chunked = jax.value_and_grad(lambda q: losses.prefix_distillation_loss(
+      q, p, dims=dims, temperature=0.1, row_chunk=4))(q)
+  full = jax.value_and_grad(lambda q: losses.prefix_distillation_loss(
+      q, p, dims=dims, temperature=0.1))(q)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), chunked, full)

@@ -95,6 +95,7 @@ def get_base_config():
   c.train.grad_cache = False  # GradCache: activation memory of one chunk, not the global batch
   c.train.grad_cache_chunk = 32  # rows per GradCache chunk (divides the global batch)
   c.train.peak_flops_per_device = 0.0  # for MFU; 0 = known table for TPU/GPU, measured on CPU
+  c.train.compilation_cache = ""  # persistent XLA cache dir; "" = ~/.cache/gembed/xla, "off"
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.shape = "data"  # preset (data | fsdp | data_fsdp | data_tensor) or "D,F,T"

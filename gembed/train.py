@@ -96,6 +96,11 @@ def jit_train_step(config, model_config: ModelConfig, optimizer, schedule, state
       donate_argnums=(0,))
 
 
+def bucket_lengths(buckets, length: int) -> set[int]:
+  """The padded lengths a text feature of `length` tokens can take (data.length_buckets)."""
+  return {min(b, length) for b in buckets} | {length} if buckets else {length}
+
+
 def maybe_initialize_distributed(enabled: bool) -> None:
   if enabled and jax.process_count() == 1:
     jax.distributed.initialize()  # Cloud TPU VMs: coordinator and process ids are discovered
@@ -187,9 +192,22 @@ def _write_json(path: str, value) -> None:
     epath.Path(path).write_text(json.dumps(value, indent=2))
 
 
+def enable_compilation_cache(path: str) -> None:
+  """JAX's persistent compilation cache: a step shape compiled once (by any run, resume or
+  stage with the same shapes) is read back instead of compiled again. "off" disables it;
+  "" is the user cache directory. An environment's JAX_COMPILATION_CACHE_DIR wins."""
+  if path == "off" or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return
+  path = path or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
+                              "gembed", "xla")
+  jax.config.update("jax_compilation_cache_dir", path)
+  log.info("compilation cache: %s", path)
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Runs (or resumes) one training stage; returns the last logged metrics and dev results."""
   maybe_initialize_distributed(config.train.distributed)
+  enable_compilation_cache(config.train.compilation_cache)
   from gembed.modeldir import resolve_model_arg
   from gembed.data.iterator_handler import (DataIteratorHandler, DataIteratorRestore,
                                             DataIteratorSave)
@@ -227,6 +245,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   specs, rates, dataset = build_data(config, info, config.train.seed)
   iterator = iter(dataset)
   task_steps = np.zeros(len(specs), np.int64)
+  step_shapes = set()  # (query length, document length) pairs compiled so far
+  max_shapes = len(bucket_lengths(config.data.length_buckets, config.data.query_length)) * len(
+      bucket_lengths(config.data.length_buckets, config.data.document_length))
+  log.info("at most %d step shapes (query x document length buckets) will compile", max_shapes)
 
   manager = checkpoint.make_manager(workdir, config.ckpt.every, config.ckpt.keep,
                                     config.ckpt.async_save, {"data": DataIteratorHandler()})
@@ -273,6 +295,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
       host_batch = {k: v.numpy() for k, v in next(iterator).items()}
       task_steps[int(host_batch.pop("task_index"))] += 1
       query_len, doc_len = host_batch["query_ids"].shape[1], host_batch["positive_ids"].shape[1]
+      if (query_len, doc_len) not in step_shapes:
+        step_shapes.add((query_len, doc_len))
+        log.info("step %d: new shape (query %d, document %d tokens), %d of at most %d: compiling "
+                 "(or reading the compilation cache)", step + 1, query_len, doc_len,
+                 len(step_shapes), max_shapes)
       window_flops += flops.train_flops_per_step(model_config, d.global_batch_size, query_len,
                                                  doc_len, d.num_negatives)
       window_tokens += d.global_batch_size * (query_len + (1 + d.num_negatives) * doc_len)

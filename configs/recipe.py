@@ -13,7 +13,8 @@ Task files are named with placeholders: {data} = data_dir, {demo} = WORKDIR/demo
 
 Held-out evaluation (`eval.tasks`): sets that share no source and no text with anything trained
 or tuned on. That is why the recipe does not train on the quora, mrpc and cosqa training pairs
-(their test sets are held out) nor on banking77/trec/sst2 (held out for classification and
+(their test sets are held out; cosqa's 6,267 code documents would be 40% of the evaluation time,
+so it is left out of the default list: add it with --config.eval.tasks) nor on banking77/trec/sst2 (held out for classification and
 clustering), and why the STS-B family (dev = model selection) and sts17 (SNLI sentences) are not
 reported. Text overlap is checked in code before training (gembed/recipe.py).
 
@@ -30,7 +31,7 @@ import common  # noqa: E402
 
 # Held-out sets reported by the recipe and by `gembed bench quality` (see the module doc).
 HELD_OUT = ("sts/sts12", "sts/sts13", "sts/sts14", "sts/sts15",
-            "retrieval/cranfield", "retrieval/cosqa", "retrieval/xquad/en", "retrieval/xquad/de",
+            "retrieval/cranfield", "retrieval/xquad/en", "retrieval/xquad/de",
             "retrieval/xquad/es", "retrieval/xquad/zh",
             "classification/banking77", "classification/sst2", "classification/trec",
             "clustering/banking77", "clustering/trec-fine",
@@ -79,7 +80,7 @@ def _stage(steps, batch, tasks, num_negatives, lr, warmup):
   c.data.global_batch_size = batch
   c.data.query_length = 64
   c.data.document_length = 128
-  c.data.length_buckets = (16, 32, 64, 128)
+  c.data.length_buckets = (32, 64, 128)  # at most 2 x 3 step shapes to compile
   c.data.mixing = "temperature"
   c.data.mixing_temperature = 2.0
   c.prompts.query = ""  # MiniLM was trained without prompts; evaluation stays prompt-free
@@ -105,13 +106,13 @@ def get_config(arg=None):
 
   c.head = ml_collections.ConfigDict()
   c.head.fit = True  # an MRL-ordered head fitted to the init's embeddings (gembed/headfit.py)
-  c.head.pairs = 4000  # stage-1 training pairs embedded for the fit (spread over the tasks)
+  c.head.pairs = 2000  # stage-1 training pairs embedded for the fit (spread over the tasks)
   c.head.steps = 300
   c.head.max_length = 128
   c.head.batch_size = 64
   c.head.seed = 0
 
-  c.stage1 = _stage(steps=100, batch=128, tasks=stage1_tasks(), num_negatives=0, lr=1e-5, warmup=10)
+  c.stage1 = _stage(steps=60, batch=64, tasks=stage1_tasks(), num_negatives=0, lr=1e-5, warmup=6)
   c.stage1.model.init = c.get_ref("init")
 
   c.mine = ml_collections.ConfigDict()
@@ -123,9 +124,9 @@ def get_config(arg=None):
   c.mine.max_length = 128
   c.mine.batch_size = 64
 
-  c.finetune = _stage(steps=100, batch=64, tasks=finetune_tasks(), num_negatives=1, lr=1e-5,
-                      warmup=10)
-  c.finetune.eval.every = 50  # dev evaluation picks each ingredient's best checkpoint
+  c.finetune = _stage(steps=60, batch=64, tasks=finetune_tasks(), num_negatives=1, lr=1e-5,
+                      warmup=6)
+  c.finetune.eval.every = 30  # dev evaluation picks each ingredient's best checkpoint
   c.finetune.eval.tasks = DEV
   c.finetune.eval.metric = "type_mean"
   # Ingredients differ in mixture and seed (method.md: soups of genuinely different runs).
@@ -142,7 +143,7 @@ def get_config(arg=None):
   c.eval.tasks = HELD_OUT
   c.eval.dims = (384, 192, 96)  # every MRL dimension; the init is cut to the same prefixes
   c.eval.batch_size = 128
-  c.eval.max_examples = 0  # cap per set (0 = all)
+  c.eval.max_examples = 2000  # rows / queries per set (the first ones; 0 = all)
   c.eval.dev_tasks = DEV
 
   # `gembed bench quality`: the sentence-transformers peer on the same data and budget.

@@ -127,12 +127,13 @@ def get_config(arg=None):
   c.finetune = _stage(steps=60, batch=64, tasks=finetune_tasks(), num_negatives=1, lr=1e-5,
                       warmup=6)
   c.finetune.eval.every = 30  # dev evaluation picks each ingredient's best checkpoint
+  c.finetune.loss.prefix_distill = 1.0  # the MRL prefixes also learn the full width's ranking
   c.finetune.eval.tasks = DEV
   c.finetune.eval.metric = "type_mean"
   # Ingredients differ in mixture and seed (method.md: soups of genuinely different runs).
   c.ingredients = [
       ingredient("ft-a", seed=1),
-      ingredient("ft-b", seed=2, rates={"medquad": 2.0, "code": 2.0}),
+      ingredient("ft-b", seed=2, rates={"medquad": 1.5, "code": 1.5}),
   ]
 
   c.soup = ml_collections.ConfigDict()

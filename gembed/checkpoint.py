@@ -24,7 +24,7 @@ def absolute(path: str) -> str:
   return str(path) if "://" in str(path) else os.path.abspath(path)
 
 
-def make_manager(workdir: str, save_every: int, keep: int, async_save: bool = True,
+def make_manager(workdir: str, keep: int, async_save: bool = True,
                  extra_handlers: dict | None = None) -> ocp.CheckpointManager:
   handlers = {
       "params": ocp.StandardCheckpointHandler(),
@@ -33,7 +33,6 @@ def make_manager(workdir: str, save_every: int, keep: int, async_save: bool = Tr
       **(extra_handlers or {}),
   }
   options = ocp.CheckpointManagerOptions(
-      save_interval_steps=save_every,
       max_to_keep=keep,
       enable_async_checkpointing=async_save,
       create=True,

@@ -23,16 +23,6 @@ def _normalize(x):
   return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-24))
 
 
-def false_negative_mask(query_keys, positive_keys):
-  """(B, B) bool: True where column j may serve as a negative for row i.
-
-  Off-diagonal columns whose query or positive is identical (same identity key) to row i's
-  are false negatives and are excluded. The diagonal (row i's own positive) stays True.
-  """
-  same = (query_keys[:, None] == query_keys[None, :]) | (positive_keys[:, None] == positive_keys[None, :])
-  return ~same | jnp.eye(query_keys.shape[0], dtype=bool)
-
-
 def _row_terms(q_rows, row_ids, row_query_keys, row_positive_keys, hard_rows, *, positive,
                query_keys, positive_keys, temperature, decoupled):
   """Per-row NCE terms (log-denominator - positive logit) and top-1 hits of the rows `row_ids`

@@ -226,7 +226,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   iterator = iter(dataset)
   task_steps = np.zeros(len(specs), np.int64)
 
-  manager = checkpoint.make_manager(workdir, config.ckpt.every, config.ckpt.keep,
+  manager = checkpoint.make_manager(workdir, config.ckpt.keep,
                                     config.ckpt.async_save, {"data": DataIteratorHandler()})
   start = manager.latest_step()
   if start is not None:

@@ -18,7 +18,7 @@ import logging
 
 import numpy as np
 
-from gembed.data.sources import Rows
+from gembed.data.rows import Rows
 from gembed.textio import InputError, iter_jsonl
 
 log = logging.getLogger(__name__)

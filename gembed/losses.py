@@ -14,13 +14,13 @@ import jax
 import jax.numpy as jnp
 
 from gembed import chunks
+from gembed.vectors import l2_normalize
 
 _MASKED = -1e9  # a finite "minus infinity": logsumexp stays finite even if a row masks everything
 
 
-def _normalize(x):
-  x = x.astype(jnp.float32)
-  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-24))
+def _unit(x):
+  return l2_normalize(x.astype(jnp.float32))  # scores in float32 whatever the compute dtype
 
 
 def _row_terms(q_rows, row_ids, row_query_keys, row_positive_keys, hard_rows, *, positive,
@@ -59,11 +59,11 @@ def nce_loss(query, positive, negatives=None, negative_valid=None, *, query_keys
     row_chunk: > 0 computes the logits `row_chunk` query rows at a time, recomputed in the
       backward pass: memory O(row_chunk x B) instead of O(B x B), same result (GradCache).
   """
-  q, p = _normalize(query), _normalize(positive)
+  q, p = _unit(query), _unit(positive)
   batch = q.shape[0]
   hard = None
   if negatives is not None:
-    hard = jnp.einsum("bd,bkd->bk", q, _normalize(negatives)) / temperature  # (B, K)
+    hard = jnp.einsum("bd,bkd->bk", q, _unit(negatives)) / temperature  # (B, K)
     if negative_valid is not None:
       hard = jnp.where(negative_valid, hard, _MASKED)
   rows = (q, jnp.arange(batch), query_keys, positive_keys, hard)
@@ -87,11 +87,11 @@ def ring_nce_loss(query, positive, negatives=None, negative_valid=None, *, query
   Each device only ever holds a (B / n) x (B / n) block of logits; the denominator is merged
   block by block with logaddexp, so the result equals `nce_loss` on the global batch.
   """
-  q, p = _normalize(query), _normalize(positive)
+  q, p = _unit(query), _unit(positive)
   rows = q.shape[0]
   positive_logit = jnp.sum(q * p, axis=-1) / temperature
   if negatives is not None:
-    hard = jnp.einsum("bd,bkd->bk", q, _normalize(negatives)) / temperature
+    hard = jnp.einsum("bd,bkd->bk", q, _unit(negatives)) / temperature
     if negative_valid is not None:
       hard = jnp.where(negative_valid, hard, _MASKED)
     denominator, best_negative = jax.nn.logsumexp(hard, axis=1), jnp.max(hard, axis=1)

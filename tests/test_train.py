@@ -10,7 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from gembed import checkpoint, modeldir
+from gembed import checkpoint
+from gembed.formats import modeldir
 from gembed.encode import TextEncoder
 from tiny import make_tiny_bert_dir
 

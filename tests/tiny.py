@@ -10,7 +10,7 @@ from safetensors.numpy import save_file
 
 from gembed.models.config import ModelConfig
 from gembed.models.embedder import init_params
-from gembed.models.hf_import import encoder_params_to_hf, hf_config_dict
+from gembed.formats.hf import encoder_params_to_hf, hf_config_dict
 
 TINY = ModelConfig(vocab_size=30522, hidden_size=32, num_layers=2, num_heads=4,
                    intermediate_size=64, max_position=128, dropout_rate=0.0)

@@ -33,13 +33,13 @@ def _mixture(tmp_path, minilm, seed=0, rates=(0.5, 0.3, 0.2), batch=4):
   files = _task_files(tmp_path)
   specs = [sources.TaskSpec(f"t{i}", (f,), prompt_task="search result", rate=r)
            for i, (f, r) in enumerate(zip(files, rates))]
-  tasks = [tasks.register_task(s, tokenizer_file=info.tokenizer_file, query_length=16,
-                                  document_length=24, num_negatives=1, query_prompt=PROMPT,
-                                  document_format=DOC) for s in specs]
-  rates = mixture.mixture_rates(tasks, specs, "explicit")
-  ds = mixture.make_mixture(tasks, rates, host_batch_size=batch, seed=seed, shard_index=0,
-                             num_shards=1, shuffle_buffer=64, query_length=16, document_length=24,
-                             num_negatives=1, pad_id=0)
+  registered = [tasks.register_task(s, tokenizer_file=info.tokenizer_file, query_length=16,
+                                    document_length=24, num_negatives=1, query_prompt=PROMPT,
+                                    document_format=DOC) for s in specs]
+  rates = mixture.mixture_rates(registered, specs, "explicit")
+  ds = mixture.make_mixture(registered, rates, host_batch_size=batch, seed=seed, shard_index=0,
+                            num_shards=1, shuffle_buffer=64, query_length=16, document_length=24,
+                            num_negatives=1, pad_id=0)
   return info, ds
 
 
@@ -136,11 +136,11 @@ def test_hard_negative_slots(tmp_path):
 def _first_batch(spec, minilm):
   info, _ = minilm
   task = tasks.register_task(spec, tokenizer_file=info.tokenizer_file, query_length=16,
-                                document_length=16, num_negatives=2, query_prompt=PROMPT,
-                                document_format=DOC)
+                             document_length=16, num_negatives=2, query_prompt=PROMPT,
+                             document_format=DOC)
   ds = mixture.make_mixture([task], np.ones(1), host_batch_size=2, seed=0, shard_index=0,
-                             num_shards=1, shuffle_buffer=1, query_length=16, document_length=16,
-                             num_negatives=2, pad_id=0)
+                            num_shards=1, shuffle_buffer=1, query_length=16, document_length=16,
+                            num_negatives=2, pad_id=0)
   return task, next(iter(ds)), Tokenizer(info.tokenizer_file, 16)
 
 

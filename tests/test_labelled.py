@@ -93,11 +93,11 @@ def test_mask_drops_same_label_columns_of_a_pipeline_batch(tmp_path, minilm_dir,
   tokenizer_file = os.path.join(minilm_dir, "tokenizer.json")
   spec = sources.TaskSpec(f"labelled_{kind}", (path,), prompt_task=kind, source=kind)
   task = tasks.register_task(spec, tokenizer_file=tokenizer_file, query_length=16,
-                                document_length=16, num_negatives=1, query_prompt="",
-                                document_format="")
+                             document_length=16, num_negatives=1, query_prompt="",
+                             document_format="")
   ds = mixture.make_mixture([task], np.ones(1), host_batch_size=8, seed=0, shard_index=0,
-                             num_shards=1, shuffle_buffer=64, query_length=16, document_length=16,
-                             num_negatives=1, pad_id=0)
+                            num_shards=1, shuffle_buffer=64, query_length=16, document_length=16,
+                            num_negatives=1, pad_id=0)
   batch = {k: v.numpy() for k, v in next(iter(ds)).items()}
   tok = Tokenizer(tokenizer_file, 16)
   queries = [tok.decode(ids[m > 0].tolist())[len("[CLS] "):-len(" [SEP]")]

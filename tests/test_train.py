@@ -1,7 +1,9 @@
-"""The real trainer on a tiny checkpoint: smoke, exact resume after SIGKILL, bad input."""
+"""The real trainer on a tiny checkpoint: smoke, exact resume after SIGKILL or from behind an
+unreadable checkpoint, quiet start-up, bad input."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -43,8 +45,13 @@ def _args(workdir, model, data, steps=6, extra=()):
           *extra]
 
 
+# TensorFlow's, XLA's and absl's start-up lines (oneDNN and CUDA notices, C++ log lines).
+STARTUP_LINE = re.compile(r"absl::InitializeLog|oneDNN|cuInit|cuda|^[IWEF]\d{4} \d\d:\d\d")
+
+
 def _run(args, **kw):
   env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # as in a fresh shell: the entry point sets it
   return subprocess.run(args, env=env, capture_output=True, text=True, timeout=600, **kw)
 
 
@@ -69,12 +76,28 @@ def test_train_smoke_workdir_is_a_model(setup, tmp_path):
   assert params2["projection"]["kernel"].shape == (32, 16)
 
 
-def test_sigkill_then_resume_is_exact(setup, tmp_path):
+@pytest.fixture(scope="module")
+def straight(setup, tmp_path_factory):
+  """An uninterrupted 48-step run: what every resumed run must end equal to."""
+  model, data = setup
+  workdir = tmp_path_factory.mktemp("straight") / "w"
+  result = _run(_args(workdir, model, data, steps=48))
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir
+
+
+def _assert_same_end(workdir, straight, steps=48):
+  a = checkpoint.load_workdir_params(str(straight), steps)
+  b = checkpoint.load_workdir_params(str(workdir), steps)
+  np.testing.assert_allclose(np.concatenate([v.ravel() for v in _leaves(b)]),
+                             np.concatenate([v.ravel() for v in _leaves(a)]), atol=1e-6, rtol=0)
+  assert json.loads((workdir / "task_steps.json").read_text()) == \
+      json.loads((straight / "task_steps.json").read_text())
+
+
+def test_sigkill_then_resume_is_exact(setup, straight, tmp_path):
   model, data = setup
   steps = 48
-  straight = _run(_args(tmp_path / "straight", model, data, steps=steps))
-  assert straight.returncode == 0, straight.stderr[-3000:]
-
   workdir = tmp_path / "killed"
   env = dict(os.environ, PYTHONPATH=ROOT)
   proc = subprocess.Popen(_args(workdir, model, data, steps=steps), env=env,
@@ -90,12 +113,32 @@ def test_sigkill_then_resume_is_exact(setup, tmp_path):
   resumed = _run(_args(workdir, model, data, steps=steps))
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f"resumed from step {killed_at[-1]}" in resumed.stderr
-  a = checkpoint.load_workdir_params(str(tmp_path / "straight"), steps)
-  b = checkpoint.load_workdir_params(str(workdir), steps)
-  np.testing.assert_allclose(np.concatenate([v.ravel() for v in _leaves(b)]),
-                             np.concatenate([v.ravel() for v in _leaves(a)]), atol=1e-6, rtol=0)
-  assert json.loads((workdir / "task_steps.json").read_text()) == \
-      json.loads((tmp_path / "straight" / "task_steps.json").read_text())
+  _assert_same_end(workdir, straight, steps)
+
+
+def test_unreadable_newest_checkpoint_falls_back_to_the_previous_one(setup, straight, tmp_path):
+  """Three files of the newest step truncated: one warning line, the step moved aside (not
+  deleted), resume from the one before, the same end as an uninterrupted run; and at default
+  verbosity no start-up line of TensorFlow, XLA or absl on the way."""
+  model, data = setup
+  workdir = tmp_path / "torn"
+  first = _run(_args(workdir, model, data, steps=12))
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert checkpoint.checkpoint_steps(str(workdir)) == [4, 8, 12]
+  newest = workdir / "checkpoints" / "12"
+  for path in sorted((newest / "params").glob("ocdbt.process_*/d/*"))[:3]:
+    os.truncate(path, 10)
+
+  resumed = _run(_args(workdir, model, data, steps=48))
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  lines = resumed.stderr.splitlines()
+  warnings = [line for line in lines if "unreadable" in line]
+  assert len(warnings) == 1 and "checkpoint 12 is unreadable" in warnings[0], warnings
+  assert "resumed from step 8 " in resumed.stderr
+  assert not [line for line in lines if "Traceback" in line or "Exception ignored" in line]
+  assert not [line for line in first.stderr.splitlines() + lines if STARTUP_LINE.search(line)]
+  assert (workdir / "checkpoints" / "12.unreadable" / "params").is_dir()
+  _assert_same_end(workdir, straight)
 
 
 def _leaves(tree):

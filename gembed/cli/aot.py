@@ -17,29 +17,36 @@ def _gib(n: int) -> str:
   return f"{n / 2 ** 30:.2f} GiB"
 
 
-def run(argv: list[str]) -> int:
+def define_flags(argv: list[str] = ()):
+  """The AOT check's flags on a fresh FlagValues: --config (+ --config.a.b=v), --topology,
+  --json, -v."""
   from absl import flags
 
   flag_values = flags.FlagValues()
-  config_flag = train.config_flag(flag_values, argv)
-  topology = flags.DEFINE_string("topology", None, "TPU slice, e.g. v5e:4x4; default: local devices",
-                                 flag_values=flag_values)
-  as_json = flags.DEFINE_bool("json", False, "print the report as JSON", flag_values=flag_values)
-  verbose = flags.DEFINE_bool("verbose", False, "show everything (debug logging, start-up lines)",
-                              short_name="v", flag_values=flag_values)
+  train.config_flag(flag_values, argv)
+  flags.DEFINE_string("topology", None, "TPU slice, e.g. v5e:4x4; default: local devices",
+                      flag_values=flag_values)
+  flags.DEFINE_bool("json", False, "print the report as JSON", flag_values=flag_values)
+  flags.DEFINE_bool("verbose", False, "show everything (debug logging, start-up lines)",
+                    short_name="v", flag_values=flag_values)
+  return flag_values
+
+
+def run(argv: list[str]) -> int:
+  flag_values = define_flags(argv)
   if not train.parse(flag_values, argv):
     return 2
-  config = config_flag.value
+  config = flag_values["config"].value
   if config is None:
     print(f"{argv[0]}: --config is required", file=sys.stderr)
     return 2
-  startup.configure(verbose.value)
+  startup.configure(flag_values.verbose)
   import jax
 
-  from gembed.tools.aot import compile_train_step, memory_report, topology_devices
   from gembed import sharding
+  from gembed.tools.aot import compile_train_step, memory_report, topology_devices
   try:
-    devices = topology_devices(topology.value) if topology.value else jax.devices()
+    devices = topology_devices(flag_values.topology) if flag_values.topology else jax.devices()
     compiled, model_config = compile_train_step(config, devices)
   except (ValueError, RuntimeError) as e:
     print(f"{argv[0]}: error: {e}", file=sys.stderr)
@@ -49,7 +56,7 @@ def run(argv: list[str]) -> int:
                 mesh=list(sharding.mesh_shape(config.mesh.shape, len(devices))),
                 global_batch=config.data.global_batch_size,
                 grad_cache=bool(config.train.grad_cache), ring=bool(config.loss.ring))
-  if as_json.value:
+  if flag_values.json:
     print(json.dumps(report, indent=2))
   else:
     print(f"{report['device_kind']} x {report['devices']}, mesh (data, fsdp, tensor) = "

@@ -51,26 +51,33 @@ def parse(flag_values, argv: list[str]) -> bool:
   return True
 
 
-def run(argv: list[str]) -> int:
+def define_flags(argv: list[str] = ()):
+  """The trainer's flags on a fresh FlagValues: --config FILE[:ARG] (+ --config.a.b=v),
+  --workdir, -v."""
   from absl import flags
 
   flag_values = flags.FlagValues()
-  workdir = flags.DEFINE_string("workdir", None, "directory for checkpoints, logs and the model",
-                                flag_values=flag_values)
-  verbose = flags.DEFINE_bool("verbose", False, "show everything: debug logging and the start-up "
-                              "lines of TensorFlow, XLA and absl", short_name="v",
-                              flag_values=flag_values)
-  config = config_flag(flag_values, argv)
+  flags.DEFINE_string("workdir", None, "directory for checkpoints, logs and the model",
+                      flag_values=flag_values)
+  flags.DEFINE_bool("verbose", False, "show everything: debug logging and the start-up lines of "
+                    "TensorFlow, XLA and absl", short_name="v", flag_values=flag_values)
+  config_flag(flag_values, argv)
+  return flag_values
+
+
+def run(argv: list[str]) -> int:
+  flag_values = define_flags(argv)
   if not parse(flag_values, argv):
     return 2
-  if config.value is None or not workdir.value:
+  config, workdir = flag_values["config"].value, flag_values.workdir
+  if config is None or not workdir:
     print(f"{argv[0]}: --config and --workdir are required", file=sys.stderr)
     return 2
-  startup.configure(verbose.value)
+  startup.configure(flag_values.verbose)
   from gembed import train
   from gembed.textio import InputError
   try:
-    result = train.train_and_evaluate(config.value, workdir.value)
+    result = train.train_and_evaluate(config, workdir)
   except (train.NonFiniteLossError, InputError) as e:
     print(f"{argv[0]}: error: {e}", file=sys.stderr)
     return 1

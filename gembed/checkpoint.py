@@ -128,6 +128,7 @@ def restore_newest_readable(manager: ocp.CheckpointManager, abstract_params, res
     if failure is None:
       raise IncompatibleCheckpointError(
           f"{root / str(step)}: {mismatch}. The workdir holds another model; train in a new one")
+    _drop_closed_loop_reports()
     moved = _move_aside(root, step) if jax.process_index() == 0 else root / str(step)
     log.warning("checkpoint %d is unreadable (%s); moved aside to %s, trying the previous one",
                 step, failure, moved)
@@ -142,6 +143,23 @@ def _innermost_message(error: BaseException) -> str:
     error = error.__cause__ or error.__context__
   lines = str(error).strip().splitlines()
   return f"{type(error).__name__}: {lines[0][:300] if lines else ''}"
+
+
+def _drop_closed_loop_reports() -> None:
+  """TensorStore reads still in flight when a restore fails finish later, on their own threads,
+  and find Orbax's event loop closed: each reports `RuntimeError: Event loop is closed` with a
+  traceback. They repeat the failure already named, so from the first failed restore on that
+  one report is dropped; every other goes to the previous hook."""
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_closed_loop_reports", False):
+    return
+
+  def hook(unraisable):
+    error = unraisable.exc_value
+    if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+      previous(unraisable)
+  hook.drops_closed_loop_reports = True
+  sys.unraisablehook = hook
 
 
 @contextlib.contextmanager

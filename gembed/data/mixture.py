@@ -61,7 +61,9 @@ def make_mixture(tasks: list[seqio.Task], rates: np.ndarray, *, host_batch_size:
         sequence_length=None, split="train", shuffle=False, num_epochs=None,
         shard_info=seqio.ShardInfo(index=shard_index, num_shards=num_shards),
         seed=seed + 1000 * i, use_cached=False, trim_output_features=False)
-    ds = ds.shuffle(shuffle_buffer, seed=seed + 1000 * i)
+    # The stream repeats before the shuffle, so one seeded order runs on forever; every iterator
+    # of this dataset starts it alike (a resume may build several before one restores).
+    ds = ds.shuffle(shuffle_buffer, seed=seed + 1000 * i, reshuffle_each_iteration=False)
     per_task.append(batch_task(ds, batch_size=host_batch_size, query_length=query_length,
                                document_length=document_length, num_negatives=num_negatives,
                                pad_id=pad_id, length_buckets=length_buckets))

@@ -15,8 +15,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from gembed.formats.modeldir import ModelInfo
-from gembed.progress import progress_bar
 from gembed.models.embedder import apply_model
+from gembed.progress import progress_bar
 from gembed.tokenizer import Tokenizer
 from gembed.vectors import l2_normalize
 

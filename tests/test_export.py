@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from gembed import checkpoint, cli
-from gembed.formats import modeldir, sentence_transformers
 from gembed.encode import TextEncoder
+from gembed.formats import modeldir, sentence_transformers
 from gembed.models.embedder import init_params
 
 QUERIES = ["how do I sort a list in python?", "symptoms of iron deficiency",

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import shared_data
-from gembed.formats import modeldir
 from gembed.encode import TextEncoder
+from gembed.formats import modeldir
 from gembed.formats.hf import CheckpointImportError
 
 

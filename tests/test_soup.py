@@ -10,8 +10,8 @@ import pytest
 
 from gembed import checkpoint, cli, soup
 from gembed.formats import modeldir
-from gembed.models.embedder import init_params
 from gembed.formats.modeldir import ModelInfo
+from gembed.models.embedder import init_params
 from tiny import TINY
 
 CONFIG = TINY.replace(projection_dim=16)

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from gembed import checkpoint
-from gembed.formats import modeldir
 from gembed.encode import TextEncoder
+from gembed.formats import modeldir
 from tiny import make_tiny_bert_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

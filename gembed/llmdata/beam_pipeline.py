@@ -74,10 +74,9 @@ class _WithEncoder(_Counted):
     self.model, self.batch_size, self.max_length = model, batch_size, max_length
 
   def setup(self):
-    from gembed.formats import modeldir
-    from gembed.formats.modeldir import resolve_model_arg
     from gembed.encode import TextEncoder
-    info, params = modeldir.load_model(resolve_model_arg(self.model))
+    from gembed.formats import modeldir
+    info, params = modeldir.load_model(modeldir.resolve_model_arg(self.model))
     self.encoder = TextEncoder(info, params, batch_size=self.batch_size, max_length=self.max_length)
 
 

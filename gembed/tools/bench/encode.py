@@ -13,8 +13,8 @@ def run(args) -> dict:
   import torch
   from sentence_transformers import SentenceTransformer
 
-  from gembed.formats import modeldir
   from gembed.encode import TextEncoder
+  from gembed.formats import modeldir
 
   rows = read_rows(args.texts, args.n // 2 + 1)
   texts = [t for r in rows for t in (r["query"], r["positive"])][:args.n]

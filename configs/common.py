@@ -6,6 +6,35 @@ GEMINI_QUERY_PROMPT = "task: {task} | query: {text}"
 GEMINI_DOCUMENT_FORMAT = "title: {title} | text: {text}"
 
 
+def parse_arg(arg: str | None, **fields) -> ml_collections.ConfigDict:
+  """The ARG of `--config FILE.py:ARG` as typed fields (big_vision's convention): the defaults
+  in `fields` give names and types; "tiny" sets the first field, "variant=tiny,x=2" any. An
+  unknown name or a value of the wrong type is an error naming it."""
+  values = ml_collections.ConfigDict(fields)
+  for i, item in enumerate(x for x in (arg or "").split(",") if x):
+    name, sep, value = item.partition("=")
+    if not sep:
+      if i or not fields:
+        raise ValueError(f"config argument {item!r}: expected name=value (fields: "
+                         f"{', '.join(fields) or 'none'})")
+      name, value = next(iter(fields)), item
+    if name not in fields:
+      raise ValueError(f"config argument {name!r}: fields are {', '.join(fields) or 'none'}")
+    values[name] = _typed(name, value, type(fields[name]))
+  return values
+
+
+def _typed(name: str, value: str, kind: type):
+  if kind is bool:
+    if value.lower() not in ("true", "false"):
+      raise ValueError(f"config argument {name}={value!r}: expected true or false")
+    return value.lower() == "true"
+  try:
+    return kind(value)
+  except ValueError:
+    raise ValueError(f"config argument {name}={value!r}: expected {kind.__name__}") from None
+
+
 def task(name, files=(), prompt_task="search result", rate=0.0, source="jsonl", tfds_name="",
          tfds_data_dir="", split="train", weight=1.0):
   """One training dataset: JSONL or TFRecord files relative to data.dir, or a TFDS dataset
@@ -96,6 +125,8 @@ def get_base_config():
   c.train.grad_cache_chunk = 32  # rows per GradCache chunk (divides the global batch)
   c.train.peak_flops_per_device = 0.0  # for MFU; 0 = known table for TPU/GPU, measured on CPU
   c.train.compilation_cache = ""  # persistent XLA cache dir; "" = ~/.cache/gembed/xla, "off"
+  c.train.tracker = ""  # "wandb" | "trackio": metrics there too (an extra); "" = TensorBoard only
+  c.train.tracker_project = "gembed"  # the tracker's project
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.shape = "data"  # preset (data | fsdp | data_fsdp | data_tensor) or "D,F,T"

@@ -8,14 +8,11 @@ corpus build and both evaluations included; docs/benchmarks.md):
       --config.data.dir=runs/demo-data/train --config.eval.data_dir=runs/demo-data/dev
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-import common  # noqa: E402
+from configs import common
 
 
 def get_config(arg=None):
+  common.parse_arg(arg)  # no variants
   c = common.get_base_config()
   c.data.tasks = [
       common.task("docstrings", ["docstrings.jsonl"], "search result"),

@@ -12,14 +12,17 @@ second ingredient of a soup that differs in data mixture (docs/soup.md).
 (data.dir holds medquad.jsonl, quora.jsonl, mrpc.jsonl, cosqa.jsonl; docs/data-stage.md).
 """
 
-import os
-import sys
+from configs import common
 
-sys.path.insert(0, os.path.dirname(__file__))
-import common  # noqa: E402
+
+VARIANTS = ("", "proportional", "tiny", "mined")
 
 
 def get_config(arg=None):
+  variant = common.parse_arg(arg, variant="").variant
+  if variant not in VARIANTS:
+    raise ValueError(f"configs/finetune.py:{variant}: variants are 'proportional', 'tiny' and "
+                     "'mined'")
   c = common.get_base_config()
   c.data.tasks = [
       common.task("snli", ["snli-triples.jsonl"], "sentence similarity"),
@@ -38,14 +41,12 @@ def get_config(arg=None):
   c.ckpt.every = 100
   c.eval.every = 100
   c.eval.tasks = ("sts/stsb",)  # read with split=dev: stsb/dev.jsonl
-  if arg not in (None, "", "proportional", "tiny", "mined"):
-    raise ValueError(f"configs/finetune.py:{arg}: variants are 'proportional', 'tiny' and 'mined'")
-  if arg == "mined":
+  if variant == "mined":
     c.data.tasks = common.pair_tasks("{name}.jsonl")
     c.data.document_length = 128
-  if arg == "proportional":
+  if variant == "proportional":
     c.data.mixing = "proportional"
-  elif arg == "tiny":
+  elif variant == "tiny":
     c.data.global_batch_size = 8
     c.data.query_length = 16
     c.data.document_length = 16

@@ -5,14 +5,11 @@ batch that fits. Starts from the pretrained checkpoint with a new projection hea
       --config.data.dir=../shared/data/training
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-import common  # noqa: E402
+from configs import common
 
 
 def get_config(arg=None):
+  common.parse_arg(arg)  # no variants
   c = common.get_base_config()
   c.data.tasks = common.pair_tasks("{name}-pairs.jsonl")
   c.data.num_negatives = 0

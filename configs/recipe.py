@@ -21,13 +21,9 @@ reported. Text overlap is checked in code before training (gembed/recipe.py).
 `--config configs/recipe.py:tiny` is a minutes-long variant for smoke tests.
 """
 
-import os
-import sys
-
 import ml_collections
 
-sys.path.insert(0, os.path.dirname(__file__))
-import common  # noqa: E402
+from configs import common
 
 # Held-out sets reported by the recipe and by `gembed bench quality` (see the module doc).
 HELD_OUT = ("sts/sts12", "sts/sts13", "sts/sts14", "sts/sts15",
@@ -153,9 +149,10 @@ def get_config(arg=None):
   c.peer.max_length = 128
   c.peer.seed = 0
 
-  if arg not in (None, "", "tiny"):
-    raise ValueError(f"configs/recipe.py:{arg}: the variant is 'tiny'")
-  if arg == "tiny":
+  variant = common.parse_arg(arg, variant="").variant
+  if variant not in ("", "tiny"):
+    raise ValueError(f"configs/recipe.py:{variant}: the variant is 'tiny'")
+  if variant == "tiny":
     for stage in (c.stage1, c.finetune):
       stage.data.global_batch_size = 8
       stage.data.query_length = 16

@@ -1,4 +1,5 @@
-"""Thin Orbax layer: the training CheckpointManager, params-only loads, standalone params dirs.
+"""Thin Orbax layer: the training CheckpointManager, restoring the newest readable checkpoint,
+params-only loads, standalone params dirs.
 
 A training checkpoint is a Composite of items:
   params     the model parameters (what encode/eval/soup/export load on their own)
@@ -9,12 +10,18 @@ A training checkpoint is a Composite of items:
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import logging
 import os
+import sys
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_SUBDIR = "checkpoints"
 
@@ -24,7 +31,7 @@ def absolute(path: str) -> str:
   return str(path) if "://" in str(path) else os.path.abspath(path)
 
 
-def make_manager(workdir: str, save_every: int, keep: int, async_save: bool = True,
+def make_manager(workdir: str, keep: int, async_save: bool = True,
                  extra_handlers: dict | None = None) -> ocp.CheckpointManager:
   handlers = {
       "params": ocp.StandardCheckpointHandler(),
@@ -33,7 +40,6 @@ def make_manager(workdir: str, save_every: int, keep: int, async_save: bool = Tr
       **(extra_handlers or {}),
   }
   options = ocp.CheckpointManagerOptions(
-      save_interval_steps=save_every,
       max_to_keep=keep,
       enable_async_checkpointing=async_save,
       create=True,
@@ -69,3 +75,101 @@ def load_params(path: str) -> dict:
   with ocp.StandardCheckpointer() as checkpointer:
     restored = checkpointer.restore(absolute(path))
   return jax.tree_util.tree_map(np.asarray, restored)
+
+
+UNREADABLE_SUFFIX = ".unreadable"
+
+
+class IncompatibleCheckpointError(ValueError):
+  """A readable checkpoint of a different model: an error, never a reason to fall back."""
+
+
+def _param_mismatch(manager: ocp.CheckpointManager, step: int, abstract_params) -> str | None:
+  """The first parameter whose presence or shape differs between checkpoint `step` and
+  `abstract_params`; None when they agree. Reads metadata only."""
+  def shapes(tree):
+    return {jax.tree_util.keystr(path): tuple(leaf.shape)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+  saved, wanted = shapes(manager.item_metadata(step)["params"]), shapes(abstract_params)
+  for name in sorted(set(saved) | set(wanted)):
+    if saved.get(name) != wanted.get(name):
+      return (f"parameter {name} is {saved.get(name, 'missing')} there, "
+              f"{wanted.get(name, 'missing')} in this run")
+  return None
+
+
+def _move_aside(root: epath.Path, step: int) -> epath.Path:
+  target, n = root / f"{step}{UNREADABLE_SUFFIX}", 1
+  while target.exists():
+    n += 1
+    target = root / f"{step}{UNREADABLE_SUFFIX}.{n}"
+  (root / str(step)).rename(target)
+  return target
+
+
+def restore_newest_readable(manager: ocp.CheckpointManager, abstract_params, restore_args):
+  """(step, restored items) of the newest checkpoint that reads, or (None, None) when none does.
+
+  A checkpoint that does not read (truncated or corrupted files) is named in one warning line
+  and moved aside to `<step>.unreadable` (never deleted), and the previous one is tried. A
+  readable checkpoint of a different model (parameter shapes) raises IncompatibleCheckpointError.
+  `restore_args()` gives fresh restore args for each attempt: a failed one may have filled some.
+  """
+  root = epath.Path(manager.directory)
+  for step in sorted(manager.all_steps(), reverse=True):
+    failure = None
+    with _unraisable_ignored():
+      try:
+        mismatch = _param_mismatch(manager, step, abstract_params)
+        if mismatch is None:
+          return step, manager.restore(step, args=restore_args())
+      except Exception as e:  # Orbax and TensorStore raise many kinds for a damaged file
+        failure = _innermost_message(e)
+    if failure is None:
+      raise IncompatibleCheckpointError(
+          f"{root / str(step)}: {mismatch}. The workdir holds another model; train in a new one")
+    _drop_closed_loop_reports()
+    moved = _move_aside(root, step) if jax.process_index() == 0 else root / str(step)
+    log.warning("checkpoint %d is unreadable (%s); moved aside to %s, trying the previous one",
+                step, failure, moved)
+    manager.reload()
+  return None, None
+
+
+def _innermost_message(error: BaseException) -> str:
+  """The first line of the root cause: TensorStore's error names the file and the tensor, the
+  exceptions wrapped around it hold pages of its spec."""
+  while error.__cause__ or error.__context__:
+    error = error.__cause__ or error.__context__
+  lines = str(error).strip().splitlines()
+  return f"{type(error).__name__}: {lines[0][:300] if lines else ''}"
+
+
+def _drop_closed_loop_reports() -> None:
+  """TensorStore reads still in flight when a restore fails finish later, on their own threads,
+  and find Orbax's event loop closed: each reports `RuntimeError: Event loop is closed` with a
+  traceback. They repeat the failure already named, so from the first failed restore on that
+  one report is dropped; every other goes to the previous hook."""
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_closed_loop_reports", False):
+    return
+
+  def hook(unraisable):
+    error = unraisable.exc_value
+    if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+      previous(unraisable)
+  hook.drops_closed_loop_reports = True
+  sys.unraisablehook = hook
+
+
+@contextlib.contextmanager
+def _unraisable_ignored():
+  """A failed restore leaves reads in flight that report their own errors when collected
+  (`Exception ignored in <coroutine ...>`); they are the error already named, so drop them."""
+  previous = sys.unraisablehook
+  sys.unraisablehook = lambda unraisable: None
+  try:
+    yield
+  finally:
+    gc.collect()
+    sys.unraisablehook = previous

@@ -14,10 +14,11 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from gembed.modeldir import ModelInfo
-from gembed.progress import progress_bar
+from gembed.formats.modeldir import ModelInfo
 from gembed.models.embedder import apply_model
+from gembed.progress import progress_bar
 from gembed.tokenizer import Tokenizer
+from gembed.vectors import l2_normalize
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,7 @@ def truncate_and_normalize(embeddings: np.ndarray, dim: int | None, normalize: b
       raise ValueError(f"--dim {dim} exceeds the embedding width {embeddings.shape[-1]}")
     embeddings = embeddings[..., :dim]
   if normalize:
-    norms = np.linalg.norm(embeddings, axis=-1, keepdims=True)
-    embeddings = embeddings / np.maximum(norms, 1e-12)
+    embeddings = l2_normalize(embeddings)
   return embeddings.astype(np.float32)
 
 

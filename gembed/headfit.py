@@ -25,18 +25,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gembed.vectors import l2_normalize
+
 log = logging.getLogger(__name__)
-
-
-def _unit(x):
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def pca_rotation(embeddings: np.ndarray) -> np.ndarray:
   """(D, D) orthogonal: columns = eigenvectors of the unit embeddings' second moment, by
   decreasing eigenvalue (uncentred: cosines are uncentred too)."""
-  x = np.asarray(embeddings, np.float64)
-  x = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+  x = l2_normalize(np.asarray(embeddings, np.float64))
   values, vectors = np.linalg.eigh(x.T @ x)
   return vectors[:, np.argsort(values)[::-1]].astype(np.float32)
 
@@ -44,10 +41,10 @@ def pca_rotation(embeddings: np.ndarray) -> np.ndarray:
 def prefix_kl(rotation, queries, documents, dims: Sequence[int], temperature: float):
   """Sum over dims of the mean KL(full-width ranking || prefix ranking) of documents per query."""
   q, d = queries @ rotation, documents @ rotation
-  target = jax.nn.log_softmax(_unit(queries) @ _unit(documents).T / temperature)
+  target = jax.nn.log_softmax(l2_normalize(queries) @ l2_normalize(documents).T / temperature)
   total = 0.0
   for dim in dims:
-    approx = jax.nn.log_softmax(_unit(q[:, :dim]) @ _unit(d[:, :dim]).T / temperature)
+    approx = jax.nn.log_softmax(l2_normalize(q[:, :dim]) @ l2_normalize(d[:, :dim]).T / temperature)
     total = total + jnp.mean(jnp.sum(jnp.exp(target) * (target - approx), axis=-1))
   return total
 

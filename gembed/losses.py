@@ -14,23 +14,13 @@ import jax
 import jax.numpy as jnp
 
 from gembed import chunks
+from gembed.vectors import l2_normalize
 
 _MASKED = -1e9  # a finite "minus infinity": logsumexp stays finite even if a row masks everything
 
 
-def _normalize(x):
-  x = x.astype(jnp.float32)
-  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-24))
-
-
-def false_negative_mask(query_keys, positive_keys):
-  """(B, B) bool: True where column j may serve as a negative for row i.
-
-  Off-diagonal columns whose query or positive is identical (same identity key) to row i's
-  are false negatives and are excluded. The diagonal (row i's own positive) stays True.
-  """
-  same = (query_keys[:, None] == query_keys[None, :]) | (positive_keys[:, None] == positive_keys[None, :])
-  return ~same | jnp.eye(query_keys.shape[0], dtype=bool)
+def _unit(x):
+  return l2_normalize(x.astype(jnp.float32))  # scores in float32 whatever the compute dtype
 
 
 def _row_terms(q_rows, row_ids, row_query_keys, row_positive_keys, hard_rows, *, positive,
@@ -69,11 +59,11 @@ def nce_loss(query, positive, negatives=None, negative_valid=None, *, query_keys
     row_chunk: > 0 computes the logits `row_chunk` query rows at a time, recomputed in the
       backward pass: memory O(row_chunk x B) instead of O(B x B), same result (GradCache).
   """
-  q, p = _normalize(query), _normalize(positive)
+  q, p = _unit(query), _unit(positive)
   batch = q.shape[0]
   hard = None
   if negatives is not None:
-    hard = jnp.einsum("bd,bkd->bk", q, _normalize(negatives)) / temperature  # (B, K)
+    hard = jnp.einsum("bd,bkd->bk", q, _unit(negatives)) / temperature  # (B, K)
     if negative_valid is not None:
       hard = jnp.where(negative_valid, hard, _MASKED)
   rows = (q, jnp.arange(batch), query_keys, positive_keys, hard)
@@ -97,11 +87,11 @@ def ring_nce_loss(query, positive, negatives=None, negative_valid=None, *, query
   Each device only ever holds a (B / n) x (B / n) block of logits; the denominator is merged
   block by block with logaddexp, so the result equals `nce_loss` on the global batch.
   """
-  q, p = _normalize(query), _normalize(positive)
+  q, p = _unit(query), _unit(positive)
   rows = q.shape[0]
   positive_logit = jnp.sum(q * p, axis=-1) / temperature
   if negatives is not None:
-    hard = jnp.einsum("bd,bkd->bk", q, _normalize(negatives)) / temperature
+    hard = jnp.einsum("bd,bkd->bk", q, _unit(negatives)) / temperature
     if negative_valid is not None:
       hard = jnp.where(negative_valid, hard, _MASKED)
     denominator, best_negative = jax.nn.logsumexp(hard, axis=1), jnp.max(hard, axis=1)
@@ -148,14 +138,14 @@ def prefix_distillation_loss(query, positive, *, dims: Sequence[int], temperatur
   small = [d for d in dims if d < width]
   if not small:
     return jnp.zeros((), jnp.float32)
-  p_full = _normalize(positive)
-  p_small = [_normalize(positive[:, :d]) for d in small]
+  p_full = _unit(positive)
+  p_small = [_unit(positive[:, :d]) for d in small]
 
   def rows_kl(q_rows):
-    teacher = jax.lax.stop_gradient(jax.nn.log_softmax(_normalize(q_rows) @ p_full.T / temperature))
+    teacher = jax.lax.stop_gradient(jax.nn.log_softmax(_unit(q_rows) @ p_full.T / temperature))
     total = 0.0
     for d, p_d in zip(small, p_small):
-      student = jax.nn.log_softmax(_normalize(q_rows[:, :d]) @ p_d.T / temperature)
+      student = jax.nn.log_softmax(_unit(q_rows[:, :d]) @ p_d.T / temperature)
       total = total + jnp.sum(jnp.exp(teacher) * (teacher - student), axis=-1)
     return total
 

@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 def stage_rows(stage):
   """[(task name, Rows)] and mixture rates of a resolved trainer config."""
   from gembed.data.labelled import read_task_rows
-  from gembed.data.pipeline import TaskSpec, mixture_rates
+  from gembed.data.mixture import mixture_rates
+  from gembed.data.sources import TaskSpec
 
   d = stage.data
   rows = [(t.name, read_task_rows(t.source, list(t.files), d.num_negatives, stage.train.seed))

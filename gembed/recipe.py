@@ -28,7 +28,6 @@ import glob
 import json
 import logging
 import os
-import sys
 
 import numpy as np
 
@@ -170,7 +169,8 @@ def train_stage(config, workdir: str) -> None:
 def fit_head(stage1, head_config, init: str, output: str) -> str:
   """Writes the init model plus a fitted orthogonal MRL head to `output` (gembed/headfit.py);
   returns the model to start stage 1 from."""
-  from gembed import headfit, modeldir
+  from gembed import headfit
+  from gembed.formats import modeldir
   from gembed.encode import TextEncoder
   from gembed.llmdata.mine import read_training_rows
 
@@ -210,7 +210,7 @@ def fit_head(stage1, head_config, init: str, output: str) -> str:
 
 def mine_negatives(stage1, task_names, mine_config, model: str, mined_dir: str) -> None:
   """Window-mined negatives for the named stage-1 tasks, with the stage-1 model."""
-  from gembed import modeldir
+  from gembed.formats import modeldir
   from gembed.encode import TextEncoder
   from gembed.llmdata import mine
 
@@ -262,7 +262,7 @@ def make_soup(models: list[str], output: str, dev_score, greedy: bool) -> dict:
 
 
 def evaluate_model(model: str, sets, dims, output: str, batch_size: int, max_examples: int) -> dict:
-  from gembed import modeldir
+  from gembed.formats import modeldir
   from gembed.encode import TextEncoder
   from gembed.evaluation import report, suite
 
@@ -367,7 +367,7 @@ def plan(config, workdir: str) -> Plan:
   """Builds the demo corpus and the dev links if missing; resolves every stage's config."""
   from gembed.data.demo import build_demo_corpus
   from gembed.evaluation import suite
-  from gembed.modeldir import resolve_model_arg
+  from gembed.formats.modeldir import resolve_model_arg
 
   work = checkpoint.absolute(workdir)
   os.makedirs(work, exist_ok=True)
@@ -439,7 +439,7 @@ def run(config, workdir: str) -> dict:
 
 def best_or_latest(workdir: str) -> str:
   """A training workdir's dev-selected checkpoint when it has one."""
-  from gembed import modeldir
+  from gembed.formats import modeldir
   return f"{workdir}@best" if os.path.exists(os.path.join(workdir, modeldir.BEST_FILE)) else workdir
 
 
@@ -452,35 +452,3 @@ def write_report(work: str, all_results: dict, soup_record: dict | None) -> str:
     json.dump({n: type_means(r) for n, r in all_results.items()}, f, indent=2)
   plot_report(all_results, os.path.join(work, "report.png"))
   return markdown
-
-
-def main(argv: list[str], command=None) -> int:
-  """`gembed recipe --config configs/recipe.py --workdir DIR [--config.a.b=v ...]`; `command`
-  (default `run`) is called with the config and the workdir (`gembed bench quality` too)."""
-  from absl import flags
-  from ml_collections import config_flags
-
-  flag_values = flags.FlagValues()
-  config_flag = config_flags.DEFINE_config_file("config", None, "recipe config file",
-                                                lock_config=True, flag_values=flag_values)
-  workdir = flags.DEFINE_string("workdir", None, "the recipe's directory", flag_values=flag_values)
-  try:
-    flag_values(argv)
-  except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
-    message = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'")
-    print(f"{argv[0]}: config error: {message}", file=sys.stderr)
-    return 2
-  if config_flag.value is None or not workdir.value:
-    print(f"{argv[0]}: --config and --workdir are required", file=sys.stderr)
-    return 2
-  # force: Orbax's absl import has already put a handler on the root logger
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                      force=True)
-  for noisy in ("absl", "jax", "tensorboardX"):
-    logging.getLogger(noisy).setLevel(logging.WARNING)
-  try:
-    (command or run)(config_flag.value, workdir.value)
-  except (InputError, FileNotFoundError, ValueError) as e:
-    print(f"{argv[0]}: error: {e}", file=sys.stderr)
-    return 1
-  return 0

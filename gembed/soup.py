@@ -138,7 +138,8 @@ def make_soup(models: Sequence[str], output: str, weights: Sequence[float] | Non
 
   With `greedy`, `dev_score(info, params)` scores each candidate and each trial soup.
   """
-  from gembed import checkpoint, modeldir
+  from gembed import checkpoint
+  from gembed.formats import modeldir
 
   if len(set(models)) != len(models):
     raise SoupError(f"a model is listed twice: {list(models)}")

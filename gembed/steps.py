@@ -1,11 +1,6 @@
-"""The pure train step: no I/O, no mesh creation (the trainer jits it with shardings).
+"""The pure train step: no I/O, no mesh creation (gembed.state jits it with shardings).
 
-A batch is a dict of arrays over the global batch of B rows:
-  query_ids, query_mask           (B, Lq) int32
-  positive_ids, positive_mask     (B, Lp) int32
-  negative_ids, negative_mask     (B, K, Ln) int32   (absent when K = 0)
-  negative_valid                  (B, K) bool        (False for a missing hard negative)
-  query_key, positive_key         (B,) int32 identity keys for the false-negative mask
+A batch is a dict of arrays over the global batch, with the fields of gembed.batch.
 """
 
 from __future__ import annotations

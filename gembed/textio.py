@@ -1,12 +1,26 @@
-"""Reading text inputs with errors that name the file and line."""
+"""Text inputs: reading them with errors that name the file and line, and the identity of a text."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 
 
 class InputError(ValueError):
   """Bad user input; the message names the file, the line and the problem."""
+
+
+def text_identity(text: str) -> str:
+  """What makes two texts the same (de-duplication, the false-negative mask): case-folded,
+  whitespace collapsed."""
+  return re.sub(r"\s+", " ", text).strip().casefold()
+
+
+def identity_key(text: str, ident: str = "") -> int:
+  """A non-negative int32 key of a text: a hash of its id when it has one, else of its identity."""
+  key = f"id:{ident}" if ident else text_identity(text)
+  return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=4).digest()) & 0x7FFFFFFF
 
 
 def read_lines(path: str, raw: bytes | None = None) -> list[str]:

@@ -1,14 +1,23 @@
-"""The trainer: mesh -> model -> data -> state -> restore -> jitted step -> loop.
+"""The trainer: the loop of one training stage, `train_and_evaluate(config, workdir)`.
 
-One readable function, `train_and_evaluate(config, workdir)`. The workdir is a self-describing
-model directory from the first step on (gembed_model.json, tokenizer.json, checkpoints/), so
-`gembed encode --model WORKDIR` works at any time, and a run started again with the same
-workdir resumes exactly (parameters, optimizer, RNG and every host's data iterator).
+    mesh -> model (init or resume) -> data -> jitted step -> loop (log, checkpoint, dev eval)
+
+The workdir is a self-describing model directory from the first step on (gembed_model.json,
+tokenizer.json, checkpoints/), so `gembed encode --model WORKDIR` works at any time.
+
+Resume order: a run started again with the same workdir continues from
+  1. its own newest checkpoint that reads: parameters, optimizer state, step, RNG, per-task step
+     counts and every host's data iterator, so the run ends as if never interrupted;
+  2. else the previous ones, newest first: each unreadable checkpoint (truncated or corrupted
+     files) is named in one warning line and moved aside to `checkpoints/<step>.unreadable`,
+     never deleted;
+  3. else `config.model.init` (a Hugging Face directory or an earlier stage's workdir, parameters
+     only) with this run's head, a fresh optimizer and the data from the start.
+A checkpoint of a different model (parameter shapes) is an error, not a reason to fall back.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -19,177 +28,21 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from gembed import checkpoint, flops, modeldir, sharding
-from gembed.models import embedder
-from gembed.models.config import ModelConfig
+from gembed import checkpoint, flops, sharding
+from gembed.formats import modeldir
 from gembed.optim import make_optimizer
-from gembed.steps import LossConfig, TrainState, train_step
+from gembed.state import (init_train_state, initial_params, jit_train_step, loss_dims,
+                          model_config_for_run, place_params)
+from gembed.writers import MetricWriter
 
 log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
   pass
-
-
-def model_config_for_run(init: ModelConfig, cfg) -> ModelConfig:
-  """The init checkpoint's architecture with this run's head and compute settings."""
-  projection_dim = cfg.projection_dim or init.projection_dim
-  return init.replace(projection_dim=projection_dim, projection_bias=cfg.projection_bias,
-                      projection_init=cfg.projection_init,
-                      dropout_rate=cfg.dropout_rate, compute_dtype=cfg.compute_dtype,
-                      remat=cfg.remat, remat_policy=cfg.remat_policy, scan_layers=cfg.scan_layers)
-
-
-def initial_params(init_config: ModelConfig, init_params: dict, config: ModelConfig, rng) -> dict:
-  """Pretrained encoder (in this run's layer layout); a new randomly initialised projection head
-  unless the init has one."""
-  params = embedder.layer_layout(dict(init_params), config)
-  keep_head = (init_config.projection_dim == config.projection_dim
-               and init_config.projection_bias == config.projection_bias)
-  if config.projection_dim and not keep_head:
-    fresh = embedder.init_params(config, rng)
-    params["projection"] = jax.tree_util.tree_map(np.asarray, fresh["projection"])
-    log.info("new projection head %d -> %d", config.hidden_size, config.projection_dim)
-  elif not config.projection_dim:
-    params.pop("projection", None)
-  return params
-
-
-def optimizer_state_sharding(optimizer, abstract_params, param_sharding, mesh):
-  """Optimizer moments take their parameter's sharding; counts and scalars are replicated."""
-  return optax.tree_map_params(
-      optimizer, lambda _, s: s, jax.eval_shape(optimizer.init, abstract_params), param_sharding,
-      transform_non_params=lambda _: sharding.replicated(mesh))
-
-
-def init_train_state(params, optimizer, rng, mesh) -> TrainState:
-  """State for sharded params; step and RNG replicated."""
-  replicated = sharding.replicated(mesh)
-  param_sharding = jax.tree_util.tree_map(lambda x: x.sharding, params)
-  opt_sharding = optimizer_state_sharding(optimizer, params, param_sharding, mesh)
-  return TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), replicated), params=params,
-                    opt_state=jax.jit(optimizer.init, out_shardings=opt_sharding)(params),
-                    rng=jax.device_put(rng, replicated))
-
-
-def jit_train_step(config, model_config: ModelConfig, optimizer, schedule, state_sharding, mesh):
-  """The jitted, sharded, donating train step of a config (trainer and AOT check alike)."""
-  if config.train.grad_cache and config.data.global_batch_size % config.train.grad_cache_chunk:
-    raise ValueError(f"train.grad_cache_chunk {config.train.grad_cache_chunk} must divide "
-                     f"data.global_batch_size {config.data.global_batch_size}")
-  loss_config = LossConfig(temperature=config.loss.temperature,
-                           dims=tuple(config.loss.mrl_dims) or (model_config.embedding_dim,),
-                           weights=tuple(config.loss.mrl_weights),
-                           decoupled=config.loss.decoupled, ring=config.loss.ring,
-                           prefix_distill=config.loss.prefix_distill)
-  return jax.jit(
-      functools.partial(train_step, model_config=model_config, loss_config=loss_config,
-                        optimizer=optimizer, schedule=schedule,
-                        grad_cache_chunk=config.train.grad_cache_chunk if config.train.grad_cache else 0),
-      in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
-      out_shardings=(state_sharding, sharding.replicated(mesh)),
-      donate_argnums=(0,))
-
-
-def bucket_lengths(buckets, length: int) -> set[int]:
-  """The padded lengths a text feature of `length` tokens can take (data.length_buckets)."""
-  return {min(b, length) for b in buckets} | {length} if buckets else {length}
-
-
-def maybe_initialize_distributed(enabled: bool) -> None:
-  if enabled and jax.process_count() == 1:
-    jax.distributed.initialize()  # Cloud TPU VMs: coordinator and process ids are discovered
-
-
-def build_data(config, info: modeldir.ModelInfo, seed: int):
-  """SeqIO tasks + the one-task-per-step mixture iterator for this host."""
-  from gembed.data import pipeline
-
-  d = config.data
-  if not d.tasks:
-    raise ValueError("config.data.tasks is empty: name at least one training dataset")
-  specs = [pipeline.TaskSpec(name=t.name, files=tuple(os.path.join(d.dir, f) for f in t.files),
-                             prompt_task=t.prompt_task, rate=t.rate or None, weight=t.weight,
-                             source=t.source,
-                             tfds_name=t.tfds_name, tfds_data_dir=t.tfds_data_dir, split=t.split,
-                             seed=seed)
-           for t in d.tasks]
-  tasks = [pipeline.register_task(
-      s, tokenizer_file=info.tokenizer_file, query_length=d.query_length,
-      document_length=d.document_length, num_negatives=d.num_negatives,
-      query_prompt=config.prompts.query, document_format=config.prompts.document,
-      skip_bad_rows=d.skip_bad_rows, task_dropout=config.prompts.task_dropout) for s in specs]
-  rates = pipeline.mixture_rates([t.num_rows for t in tasks], specs, d.mixing, d.mixing_temperature)
-  if d.length_buckets and jax.process_count() > 1:
-    raise ValueError("data.length_buckets cuts each host's batch on its own; with several hosts "
-                     "use static lengths (data.length_buckets = ())")
-  if d.global_batch_size % jax.process_count():
-    raise ValueError(f"data.global_batch_size {d.global_batch_size} is not divisible by "
-                     f"{jax.process_count()} hosts")
-  dataset = pipeline.make_mixture(
-      tasks, rates, host_batch_size=d.global_batch_size // jax.process_count(), seed=seed,
-      shard_index=jax.process_index(), num_shards=jax.process_count(),
-      shuffle_buffer=d.shuffle_buffer, query_length=d.query_length,
-      document_length=d.document_length, num_negatives=d.num_negatives,
-      pad_id=tasks[0].output_features["query"].vocabulary.pad_id,
-      length_buckets=tuple(d.length_buckets))
-  log.info("mixture: %s", ", ".join(f"{s.name}={r:.3f} ({t.num_rows} rows)"
-                                     for s, r, t in zip(specs, rates, tasks)))
-  return specs, rates, dataset
-
-
-def make_dev_evaluator(config, info: modeldir.ModelInfo):
-  """Returns evaluate(params) -> results dict, or None when no dev set is configured."""
-  e = config.eval
-  if not e.data_dir:
-    return None
-  from gembed.encode import TextEncoder
-  from gembed.evaluation import suite
-
-  sets = suite.select(suite.discover(e.data_dir, split="dev"), list(e.tasks))
-  if not sets:
-    raise ValueError(f"eval.data_dir {e.data_dir}: no evaluation sets found")
-  dims = sorted(set(info.mrl_dims) | {info.config.embedding_dim}, reverse=True)
-
-  def evaluate(params):
-    encoder = TextEncoder(info, params, batch_size=e.batch_size)
-    return suite.evaluate(suite.ModelEmbedder(encoder), sets, dims, e.max_examples)
-
-  return evaluate
-
-
-class _Preemption:
-  """SIGTERM (TPU preemption) asks the loop to checkpoint and stop at the next step."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-  def _handle(self, signum, frame):
-    log.warning("SIGTERM received: saving a checkpoint and stopping")
-    self.requested = True
-
-  def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
-
-
-def _check_finite(metrics: dict, step: int, workdir: str) -> None:
-  loss = float(metrics["loss"])
-  if not math.isfinite(loss):
-    steps = checkpoint.checkpoint_steps(workdir)
-    raise NonFiniteLossError(
-        f"non-finite loss ({loss}) at step {step}; stopped without saving. Last good checkpoint: "
-        f"{steps[-1] if steps else 'none'}. Lower optim.learning_rate or raise loss.temperature.")
-
-
-def _write_json(path: str, value) -> None:
-  if jax.process_index() == 0:
-    epath.Path(path).write_text(json.dumps(value, indent=2))
 
 
 def enable_compilation_cache(path: str) -> None:
@@ -204,75 +57,72 @@ def enable_compilation_cache(path: str) -> None:
   log.info("compilation cache: %s", path)
 
 
+def bucket_lengths(buckets, length: int) -> set[int]:
+  """The padded lengths a text feature of `length` tokens can take (data.length_buckets)."""
+  return {min(b, length) for b in buckets} if buckets else {length}
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Runs (or resumes) one training stage; returns the last logged metrics and dev results."""
-  maybe_initialize_distributed(config.train.distributed)
+  if config.train.distributed and jax.process_count() == 1:
+    jax.distributed.initialize()  # Cloud TPU VMs: coordinator and process ids are discovered
   enable_compilation_cache(config.train.compilation_cache)
-  from gembed.modeldir import resolve_model_arg
+  from gembed.data import mixture
   from gembed.data.iterator_handler import (DataIteratorHandler, DataIteratorRestore,
                                             DataIteratorSave)
   workdir = checkpoint.absolute(workdir)
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-  rng = jax.random.PRNGKey(config.train.seed)
-  init_rng, state_rng = jax.random.split(rng)
+  init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.train.seed))
 
   # Model: the pretrained init (HF dir or an earlier stage's workdir), this run's head.
-  init_info, init_params = modeldir.load_model(resolve_model_arg(config.model.init))
+  init_info, init_params = modeldir.load_model(modeldir.resolve_model_arg(config.model.init))
   model_config = model_config_for_run(init_info.config, config.model)
   params = initial_params(init_info.config, init_params, model_config, init_rng)
-  dims = tuple(config.loss.mrl_dims) or (model_config.embedding_dim,)
-  info = modeldir.ModelInfo(
-      config=model_config.replace(dropout_rate=0.0), tokenizer_file=init_info.tokenizer_file,
-      # Inference length: the initial model's (MiniLM: 256), or the training length if longer;
-      # training on short texts does not make long ones unreadable.
-      max_length=min(max(init_info.max_length, config.data.query_length, config.data.document_length),
-                     model_config.max_position),
-      normalize=True, query_prompt=config.prompts.query, document_format=config.prompts.document,
-      mrl_dims=dims, default_task=config.prompts.default_task, source=config.model.init)
-  if jax.process_index() == 0:
-    modeldir.write_model_info(info, workdir)
-    (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
-  info = modeldir.read_model_info(workdir)
+  info = _write_model_info(config, workdir, init_info, model_config)
 
-  # Mesh and sharded state.
+  # Mesh, sharded state and this host's data.
   mesh = sharding.make_mesh(config.mesh.shape)
-  param_sharding = sharding.param_shardings(embedder.logical_axes(model_config), params, mesh)
-  params = jax.device_put(params, param_sharding)
   optimizer, schedule = make_optimizer(config.optim)
-  state = init_train_state(params, optimizer, state_rng, mesh)
+  state = init_train_state(place_params(params, model_config, mesh), optimizer, state_rng, mesh)
   state_sharding = jax.tree_util.tree_map(lambda x: x.sharding, state)
-
-  specs, rates, dataset = build_data(config, info, config.train.seed)
-  iterator = iter(dataset)
+  specs, _, dataset = mixture.from_config(config, info.tokenizer_file, jax.process_index(),
+                                          jax.process_count())
+  iterator = None
   task_steps = np.zeros(len(specs), np.int64)
   step_shapes = set()  # (query length, document length) pairs compiled so far
   max_shapes = len(bucket_lengths(config.data.length_buckets, config.data.query_length)) * len(
       bucket_lengths(config.data.length_buckets, config.data.document_length))
   log.info("at most %d step shapes (query x document length buckets) will compile", max_shapes)
 
-  manager = checkpoint.make_manager(workdir, config.ckpt.every, config.ckpt.keep,
-                                    config.ckpt.async_save, {"data": DataIteratorHandler()})
-  start = manager.latest_step()
-  if start is not None:
-    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
-    restored = manager.restore(start, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(abstract.params),
-        opt_state=ocp.args.StandardRestore(abstract.opt_state),
-        train=ocp.args.StandardRestore(),
-        data=DataIteratorRestore(iterator)))
+  # Resume (the order is in the module docstring).
+  manager = checkpoint.make_manager(workdir, config.ckpt.keep, config.ckpt.async_save,
+                                    {"data": DataIteratorHandler()})
+  abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
+
+  def restore_args():
+    nonlocal iterator
+    iterator = iter(dataset)  # each attempt restores into a fresh iterator
+    return ocp.args.Composite(params=ocp.args.StandardRestore(abstract.params),
+                              opt_state=ocp.args.StandardRestore(abstract.opt_state),
+                              train=ocp.args.StandardRestore(),
+                              data=DataIteratorRestore(iterator))
+
+  start, restored = checkpoint.restore_newest_readable(manager, abstract.params, restore_args)
+  if restored is not None:
     meta = restored.train
     state = state.replace(params=restored.params, opt_state=restored.opt_state,
                           step=jnp.asarray(meta["step"], jnp.int32),
                           rng=jax.device_put(jnp.asarray(meta["rng"]), sharding.replicated(mesh)))
     task_steps = np.asarray(meta["task_steps"], np.int64)
     log.info("resumed from step %d of %s", start, workdir)
-  start = start or 0
+  else:
+    start, iterator = 0, iter(dataset)
 
   batch_sharding = sharding.batch_sharding(mesh)
   step_fn = jit_train_step(config, model_config, optimizer, schedule, state_sharding, mesh)
 
-  def save(step: int, force: bool = False):
-    manager.save(step, force=force, args=ocp.args.Composite(
+  def save(step: int):
+    manager.save(step, force=True, args=ocp.args.Composite(
         params=ocp.args.StandardSave(state.params),
         opt_state=ocp.args.StandardSave(state.opt_state),
         train=ocp.args.StandardSave({"step": np.int64(step), "rng": np.asarray(state.rng),
@@ -282,8 +132,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   d = config.data
   peak = flops.peak_flops_per_device(config.train.peak_flops_per_device) * jax.device_count()
   window_flops = window_tokens = 0.0  # since the last log line, from the actual batch shapes
-  writer = _summary_writer(workdir)
-  dev_evaluate = make_dev_evaluator(config, info)
+  writer = MetricWriter(workdir, config, enabled=jax.process_index() == 0)
+  dev_evaluate = _dev_evaluator(config, info)
   best = _read_best(workdir)
   total = config.train.steps
   preemption = _Preemption()
@@ -323,10 +173,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
         timer_step, timer = done, time.perf_counter()
         window_flops = window_tokens = 0.0
         last_metrics = metrics
-        _log_metrics(writer, done, metrics, specs, task_steps)
+        log.info("step %d: %s", done, ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
+        writer.scalars(done, {**{f"train/{k}": v for k, v in metrics.items()},
+                              **{f"data/steps/{s.name}": int(n) for s, n in zip(specs, task_steps)}})
         bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['accuracy']:.2f}")
       if will_save:
-        save(done, force=True)
+        save(done)
         _write_json(os.path.join(workdir, "task_steps.json"),
                     {s.name: int(n) for s, n in zip(specs, task_steps)})
       if dev_evaluate and ((config.eval.every and done % config.eval.every == 0) or done == total):
@@ -341,8 +193,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     manager.wait_until_finished()
     manager.close()
     preemption.restore()
-    if writer:
-      writer.close()
+    writer.close()
     # An exception's traceback keeps this frame alive; a tf.data iterator still referenced at
     # interpreter shutdown (its tokenizer runs in tf.py_function) can hang the exit.
     iterator = dataset = None  # noqa: F841
@@ -350,21 +201,70 @@ def train_and_evaluate(config, workdir: str) -> dict:
           "task_steps": {s.name: int(n) for s, n in zip(specs, task_steps)}}
 
 
-def _summary_writer(workdir):
-  if jax.process_index() != 0:
+def _write_model_info(config, workdir: str, init_info: modeldir.ModelInfo,
+                      model_config) -> modeldir.ModelInfo:
+  """gembed_model.json + tokenizer.json + config.json: the workdir is a model directory."""
+  info = modeldir.ModelInfo(
+      config=model_config.replace(dropout_rate=0.0), tokenizer_file=init_info.tokenizer_file,
+      # Inference length: the initial model's (MiniLM: 256), or the training length if longer;
+      # training on short texts does not make long ones unreadable.
+      max_length=min(max(init_info.max_length, config.data.query_length, config.data.document_length),
+                     model_config.max_position),
+      normalize=True, query_prompt=config.prompts.query, document_format=config.prompts.document,
+      mrl_dims=loss_dims(config, model_config), default_task=config.prompts.default_task,
+      source=config.model.init)
+  if jax.process_index() == 0:
+    modeldir.write_model_info(info, workdir)
+    (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
+  return modeldir.read_model_info(workdir)
+
+
+def _dev_evaluator(config, info: modeldir.ModelInfo):
+  """evaluate(params) -> results dict, or None when no dev set is configured."""
+  e = config.eval
+  if not e.data_dir:
     return None
-  from tensorboardX import SummaryWriter
-  return SummaryWriter(os.path.join(workdir, "tensorboard"))
+  from gembed.encode import TextEncoder
+  from gembed.evaluation import suite
+
+  sets = suite.select(suite.discover(e.data_dir, split="dev"), list(e.tasks))
+  if not sets:
+    raise ValueError(f"eval.data_dir {e.data_dir}: no evaluation sets found")
+
+  def evaluate(params):
+    encoder = TextEncoder(info, params, batch_size=e.batch_size)
+    return suite.evaluate(suite.ModelEmbedder(encoder), sets, info.dims, e.max_examples)
+
+  return evaluate
 
 
-def _log_metrics(writer, step, metrics, specs, task_steps):
-  log.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
-  if writer:
-    for k, v in metrics.items():
-      writer.add_scalar(f"train/{k}".replace("@", "_at_"), v, step)
-    for s, n in zip(specs, task_steps):
-      writer.add_scalar(f"data/steps/{s.name}", int(n), step)
-    writer.flush()
+class _Preemption:
+  """SIGTERM (TPU preemption) asks the loop to checkpoint and stop at the next step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    log.warning("SIGTERM received: saving a checkpoint and stopping")
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def _check_finite(metrics: dict, step: int, workdir: str) -> None:
+  loss = float(metrics["loss"])
+  if not math.isfinite(loss):
+    steps = checkpoint.checkpoint_steps(workdir)
+    raise NonFiniteLossError(
+        f"non-finite loss ({loss}) at step {step}; stopped without saving. Last good checkpoint: "
+        f"{steps[-1] if steps else 'none'}. Lower optim.learning_rate or raise loss.temperature.")
+
+
+def _write_json(path: str, value) -> None:
+  if jax.process_index() == 0:
+    epath.Path(path).write_text(json.dumps(value, indent=2))
 
 
 def _read_best(workdir):
@@ -372,18 +272,15 @@ def _read_best(workdir):
   return json.loads(path.read_text()) if path.exists() else None
 
 
-def _track_best(workdir, writer, step, results, metric, best, params):
+def _track_best(workdir, writer: MetricWriter, step, results, metric, best, params):
   """Logs dev scores; on a new best, saves its parameters apart from the resume checkpoints."""
   from gembed.evaluation.suite import main_score
   full_dim = results["dims"][0]
   score = main_score(results, metric, full_dim)
-  if writer:
-    for name, task in results["tasks"].items():
-      for dim, value in task["main_score"].items():
-        writer.add_scalar(f"eval/{name}/{task['main_metric']}_at_{dim}", value, step)
-    for dim, value in results["task_mean"].items():
-      writer.add_scalar(f"eval/task_mean_at_{dim}", value, step)
-    writer.flush()
+  values = {f"eval/{name}/{task['main_metric']}@{dim}": value
+            for name, task in results["tasks"].items() for dim, value in task["main_score"].items()}
+  values.update({f"eval/task_mean@{dim}": value for dim, value in results["task_mean"].items()})
+  writer.scalars(step, values)
   log.info("dev %s at step %d: %.2f (best so far: %s)", metric, step, score,
            f"{best['score']:.2f} at step {best['step']}" if best else "none")
   if best is None or score > best["score"]:

@@ -30,12 +30,12 @@ def shared_data(relative: str) -> pathlib.Path:
 
 @pytest.fixture(scope="session")
 def minilm_dir() -> str:
-  from gembed.modeldir import default_model_dir
+  from gembed.formats.modeldir import default_model_dir
   return default_model_dir()
 
 
 @pytest.fixture(scope="session")
 def minilm(minilm_dir):
   """(ModelInfo, params) of the real all-MiniLM-L6-v2 checkpoint."""
-  from gembed.modeldir import load_model
+  from gembed.formats.modeldir import load_model
   return load_model(minilm_dir)

@@ -11,7 +11,7 @@ import sys
 import jax
 import pytest
 
-from gembed import aot
+from gembed.tools import aot
 from tiny import make_tiny_bert_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,8 +24,8 @@ def tiny_init(tmp_path_factory, minilm_dir):
 
 
 def _config(init, batch, grad_cache=False, mesh="data", negatives=1, scan_layers=False):
-  sys.path.insert(0, os.path.join(ROOT, "configs"))
-  import common
+  sys.path.insert(0, ROOT)
+  from configs import common
   c = common.get_base_config()
   c.model.init = init
   c.model.projection_dim = 32

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gembed.data import pipeline
-from gembed.data.sources import read_jsonl_rows
+from gembed.data import mixture, sources, tasks
+from gembed.data.rows import read_jsonl_rows
 from gembed.textio import InputError
 from gembed.tokenizer import Tokenizer
 
@@ -31,15 +31,15 @@ def _task_files(tmp_path):
 def _mixture(tmp_path, minilm, seed=0, rates=(0.5, 0.3, 0.2), batch=4):
   info, _ = minilm
   files = _task_files(tmp_path)
-  specs = [pipeline.TaskSpec(f"t{i}", (f,), prompt_task="search result", rate=r)
+  specs = [sources.TaskSpec(f"t{i}", (f,), prompt_task="search result", rate=r)
            for i, (f, r) in enumerate(zip(files, rates))]
-  tasks = [pipeline.register_task(s, tokenizer_file=info.tokenizer_file, query_length=16,
-                                  document_length=24, num_negatives=1, query_prompt=PROMPT,
-                                  document_format=DOC) for s in specs]
-  rates = pipeline.mixture_rates([t.num_rows for t in tasks], specs, "explicit")
-  ds = pipeline.make_mixture(tasks, rates, host_batch_size=batch, seed=seed, shard_index=0,
-                             num_shards=1, shuffle_buffer=64, query_length=16, document_length=24,
-                             num_negatives=1, pad_id=0)
+  registered = [tasks.register_task(s, tokenizer_file=info.tokenizer_file, query_length=16,
+                                    document_length=24, num_negatives=1, query_prompt=PROMPT,
+                                    document_format=DOC) for s in specs]
+  rates = mixture.mixture_rates([t.num_rows for t in registered], specs, "explicit")
+  ds = mixture.make_mixture(registered, rates, host_batch_size=batch, seed=seed, shard_index=0,
+                            num_shards=1, shuffle_buffer=64, query_length=16, document_length=24,
+                            num_negatives=1, pad_id=0)
   return info, ds
 
 
@@ -135,12 +135,12 @@ def test_hard_negative_slots(tmp_path):
 
 def _first_batch(spec, minilm):
   info, _ = minilm
-  task = pipeline.register_task(spec, tokenizer_file=info.tokenizer_file, query_length=16,
-                                document_length=16, num_negatives=2, query_prompt=PROMPT,
-                                document_format=DOC)
-  ds = pipeline.make_mixture([task], np.ones(1), host_batch_size=2, seed=0, shard_index=0,
-                             num_shards=1, shuffle_buffer=1, query_length=16, document_length=16,
-                             num_negatives=2, pad_id=0)
+  task = tasks.register_task(spec, tokenizer_file=info.tokenizer_file, query_length=16,
+                             document_length=16, num_negatives=2, query_prompt=PROMPT,
+                             document_format=DOC)
+  ds = mixture.make_mixture([task], np.ones(1), host_batch_size=2, seed=0, shard_index=0,
+                            num_shards=1, shuffle_buffer=1, query_length=16, document_length=16,
+                            num_negatives=2, pad_id=0)
   return task, next(iter(ds)), Tokenizer(info.tokenizer_file, 16)
 
 
@@ -155,7 +155,7 @@ def test_tfrecord_source(tmp_path, minilm):
       ex = tf.train.Example(features=tf.train.Features(feature={
           "query": feature([q]), "positive": feature([p]), "negatives": feature(negs)}))
       writer.write(ex.SerializeToString())
-  task, batch, tok = _first_batch(pipeline.TaskSpec("rec", (path,), source="tfrecord"), minilm)
+  task, batch, tok = _first_batch(sources.TaskSpec("rec", (path,), source="tfrecord"), minilm)
   assert task.num_rows == 2
   valid = batch["negative_valid"].numpy().tolist()
   assert sorted(valid) == [[False, False], [True, False]]
@@ -172,7 +172,7 @@ def test_tfds_builder_over_jsonl(tmp_path, minilm):
                                       {"query": "other", "positive": "doc two"}])
   builder = JsonlTriples(config=JsonlConfig(name="mine", files=(src,)), data_dir=str(tmp_path / "tfds"))
   builder.download_and_prepare()
-  task, batch, tok = _first_batch(pipeline.TaskSpec("mine", source="tfds", tfds_name=builder.data_dir),
+  task, batch, tok = _first_batch(sources.TaskSpec("mine", source="tfds", tfds_name=builder.data_dir),
                                   minilm)
   assert task.num_rows == 2
   assert sorted(batch["negative_valid"].numpy().tolist()) == [[False, False], [True, True]]

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from gembed.models import hf_import
+from gembed.formats import hf
 from gembed.models.decoder import DecoderEncoder
 
 torch = pytest.importorskip("torch")
@@ -55,8 +55,8 @@ def _inputs():
 
 
 def _ours(path, causal):
-  config = hf_import.read_model_config(path).replace(causal=causal)
-  params = hf_import.load_encoder_params(path, config)
+  config = hf.read_model_config(path).replace(causal=causal)
+  params = hf.load_encoder_params(path, config)
   ids, mask = _inputs()
   return np.asarray(DecoderEncoder(config).apply({"params": params["encoder"]}, ids, mask)), mask
 
@@ -94,13 +94,13 @@ def test_sharded_bf16_checkpoint_imports(tmp_path):
   model.save_pretrained(str(tmp_path), safe_serialization=True, max_shard_size="50KB")
   assert os.path.exists(tmp_path / "model.safetensors.index.json")
   assert len([f for f in os.listdir(tmp_path) if f.endswith(".safetensors")]) > 1
-  config = hf_import.read_model_config(str(tmp_path))
-  params = hf_import.load_encoder_params(str(tmp_path), config)
+  config = hf.read_model_config(str(tmp_path))
+  params = hf.load_encoder_params(str(tmp_path), config)
   q = model.layers[1].self_attn.q_proj.weight.detach().float().numpy()  # (heads * head_dim, hidden)
   np.testing.assert_array_equal(params["encoder"]["layer_1"]["attention"]["query"]["kernel"],
                                 q.T.reshape(64, 4, 16))
   # Export direction of the same table gives the checkpoint's tensors back.
-  back = hf_import.encoder_params_to_hf(params, config)
+  back = hf.encoder_params_to_hf(params, config)
   np.testing.assert_array_equal(back["layers.1.self_attn.q_proj.weight"], q)
 
 
@@ -108,8 +108,8 @@ def test_unsupported_decoder_variants_are_refused_by_name(tmp_path):
   config = _hf_model("llama").config.to_dict()
   config["rope_parameters"] = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0}
   (tmp_path / "config.json").write_text(json.dumps(config))
-  with pytest.raises(hf_import.CheckpointImportError, match="rope scaling 'llama3'"):
-    hf_import.read_model_config(str(tmp_path))
+  with pytest.raises(hf.CheckpointImportError, match="rope scaling 'llama3'"):
+    hf.read_model_config(str(tmp_path))
 
 
 def test_decoder_train_step_shards_like_a_single_device():

@@ -1,11 +1,16 @@
 """`gembed encode`: contracts.md behaviour and clear input errors."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from gembed.cli import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_encode_txt_dim_and_no_normalize(tmp_path, minilm):
@@ -78,3 +83,17 @@ def test_gembed_train_passes_flags_to_the_trainer(capsys):
   assert main(["train", "--config", config, "--workdir", "/tmp/unused",
                "--config.optim.learning_rat=1"]) == 2
   assert "learning_rat" in capsys.readouterr().err
+
+
+def test_encode_prints_only_its_own_line(tmp_path):
+  """At default verbosity, in a fresh shell (no TF_CPP_MIN_LOG_LEVEL), stderr holds the
+  command's own result line and no start-up line of TensorFlow, XLA, CUDA or absl."""
+  src = tmp_path / "in.txt"
+  src.write_text("one line\n")
+  env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+  env["PYTHONPATH"] = ROOT
+  out = subprocess.run([sys.executable, "-m", "gembed.cli", "encode", "--model", "all-MiniLM-L6-v2",
+                        "--input", str(src), "--output", str(tmp_path / "o.npy")],
+                       capture_output=True, text=True, timeout=300, env=env)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stderr.splitlines() == [f"wrote 1 x 384 float32 embeddings to {tmp_path / 'o.npy'}"]

@@ -8,8 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from gembed import checkpoint, cli, modeldir
+from gembed import checkpoint, cli
 from gembed.encode import TextEncoder
+from gembed.formats import modeldir, sentence_transformers
 from gembed.models.embedder import init_params
 
 QUERIES = ["how do I sort a list in python?", "symptoms of iron deficiency",
@@ -113,9 +114,6 @@ def test_exporting_the_pretrained_checkpoint_keeps_its_embeddings(minilm_dir, tm
 
 def test_a_template_that_is_not_a_prefix_is_refused(trained_like_model, tmp_path):
   info, params = modeldir.load_model(trained_like_model)
-  odd = str(tmp_path / "odd")
-  modeldir.write_model_info(dataclasses.replace(info, query_prompt="{text} (task: {task})"), odd)
-  checkpoint.save_params(os.path.join(odd, modeldir.PARAMS_SUBDIR), params)
+  odd = dataclasses.replace(info, query_prompt="{text} (task: {task})")
   with pytest.raises(ValueError, match="must end with {text}"):
-    from gembed.export import export_sentence_transformers
-    export_sentence_transformers(odd, str(tmp_path / "out"))
+    sentence_transformers.write_sentence_transformers(odd, params, str(tmp_path / "out"))

@@ -85,19 +85,19 @@ def _reference_nce(q, p, n, labels, temperature):
 def test_mask_drops_same_label_columns_of_a_pipeline_batch(tmp_path, minilm_dir, kind):
   import jax.numpy as jnp
 
-  from gembed.data import pipeline
+  from gembed.data import mixture, sources, tasks
   from gembed.losses import nce_loss
   from gembed.tokenizer import Tokenizer
 
   path, label_of = _labelled_file(tmp_path)
   tokenizer_file = os.path.join(minilm_dir, "tokenizer.json")
-  spec = pipeline.TaskSpec(f"labelled_{kind}", (path,), prompt_task=kind, source=kind)
-  task = pipeline.register_task(spec, tokenizer_file=tokenizer_file, query_length=16,
-                                document_length=16, num_negatives=1, query_prompt="",
-                                document_format="")
-  ds = pipeline.make_mixture([task], np.ones(1), host_batch_size=8, seed=0, shard_index=0,
-                             num_shards=1, shuffle_buffer=64, query_length=16, document_length=16,
-                             num_negatives=1, pad_id=0)
+  spec = sources.TaskSpec(f"labelled_{kind}", (path,), prompt_task=kind, source=kind)
+  task = tasks.register_task(spec, tokenizer_file=tokenizer_file, query_length=16,
+                             document_length=16, num_negatives=1, query_prompt="",
+                             document_format="")
+  ds = mixture.make_mixture([task], np.ones(1), host_batch_size=8, seed=0, shard_index=0,
+                            num_shards=1, shuffle_buffer=64, query_length=16, document_length=16,
+                            num_negatives=1, pad_id=0)
   batch = {k: v.numpy() for k, v in next(iter(ds)).items()}
   tok = Tokenizer(tokenizer_file, 16)
   queries = [tok.decode(ids[m > 0].tolist())[len("[CLS] "):-len(" [SEP]")]

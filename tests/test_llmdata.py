@@ -14,10 +14,10 @@ import pytest
 
 from fake_llm import FakeLLM, fields
 from gembed import cli
-from gembed.data.sources import read_jsonl_rows
+from gembed.data.rows import read_jsonl_rows
 from gembed.llmdata import mine, prompts
 from gembed.llmdata.client import EndpointError, LLMClient, LLMConfig
-from gembed.llmdata.neighbours import normalize_text, top_k_neighbours
+from gembed.textio import text_identity
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEY = "sk-test-5f3a9c0d1e2b4a68"
@@ -116,24 +116,6 @@ def test_reciprocal_rank_fusion_by_hand():
   assert [f for _, f, *_ in order] == pytest.approx([1 / 61 + 1 / 63] * 2 + [2 / 62, 2 / 64])
 
 
-def test_chunked_top_k_matches_brute_force_with_exclusions():
-  rng = np.random.default_rng(0)
-  queries = rng.normal(size=(7, 5)).astype(np.float32)
-  corpus = rng.normal(size=(23, 5)).astype(np.float32)
-  exclude = [[0, 5], [], [22], [1, 2, 3], [7], [8, 9], [10]]
-  scores, ids = top_k_neighbours(queries, corpus, 6, exclude, query_chunk=3, corpus_chunk=4,
-                                 progress=False)
-  full = queries @ corpus.T
-  for i, excluded in enumerate(exclude):
-    full[i, excluded] = -np.inf
-    expected = np.argsort(-full[i], kind="stable")[:6]
-    np.testing.assert_array_equal(ids[i], expected)
-    np.testing.assert_allclose(scores[i], full[i, expected], rtol=1e-5)
-  # more neighbours asked for than the corpus has admissible: id -1, score -inf
-  scores, ids = top_k_neighbours(queries[:1], corpus[:3], 4, [[1]], progress=False)
-  assert list(ids[0][2:]) == [-1, -1] and np.isneginf(scores[0][2:]).all()
-
-
 def test_select_window_and_random_respect_positives():
   config = mine.MiningConfig(num_negatives=2, rank_window=(1, 5), margin_ratio=0.9)
   ids = np.array([4, 5, 6, 7, 8, 9])
@@ -207,10 +189,10 @@ def test_mine_with_llm_fuses_ranks_and_never_picks_positives(tmp_path, monkeypat
   rows = [json.loads(line) for line in out.read_text().splitlines()]
   assert len(rows) == 3
   for row in rows:
-    positives = {normalize_text(r["positive"]) for r in ROWS if r["query"] == row["query"]}
+    positives = {text_identity(r["positive"]) for r in ROWS if r["query"] == row["query"]}
     assert len(row["negatives"]) == 2
     for negative in row["negatives"]:
-      assert normalize_text(negative) not in positives
+      assert text_identity(negative) not in positives
     assert row["mined"]["method"] == "llm" and row["mined"]["llm_model"] == "judge-1"
     assert row["mined"]["prompts_sha256"] == prompts.prompts_hash(*prompts.MINING_PROMPTS)
   # 4 candidates per query, each judged under both prompts: the lowest fused two are negatives
@@ -254,10 +236,10 @@ def test_mine_relabels_positive_with_top_fused_neighbour(tmp_path, monkeypatch, 
                      "--quiet"]) == 0
   row = json.loads(out.read_text())
   # the paraphrase "COMPLETED in 1889" (3, 90) outranks the old positive "Paris is..." (1, 40)
-  assert normalize_text(row["positive"]) == normalize_text(CORPUS[5])
+  assert text_identity(row["positive"]) == text_identity(CORPUS[5])
   assert row["mined"]["relabelled_from"] == CORPUS[6]
-  assert CORPUS[6] not in row["negatives"] and normalize_text(CORPUS[5]) not in map(
-      normalize_text, row["negatives"])
+  assert CORPUS[6] not in row["negatives"] and text_identity(CORPUS[5]) not in map(
+      text_identity, row["negatives"])
 
 
 def test_mine_window_and_random_without_llm(tmp_path, minilm_dir):
@@ -269,9 +251,9 @@ def test_mine_window_and_random_without_llm(tmp_path, minilm_dir):
                      "--margin-ratio", "0.99", "--quiet"]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     for row in rows:
-      positives = {normalize_text(r["positive"]) for r in ROWS if r["query"] == row["query"]}
-      assert row["negatives"] and not positives & set(map(normalize_text, row["negatives"]))
-      assert normalize_text(row["query"]) not in map(normalize_text, row["negatives"])
+      positives = {text_identity(r["positive"]) for r in ROWS if r["query"] == row["query"]}
+      assert row["negatives"] and not positives & set(map(text_identity, row["negatives"]))
+      assert text_identity(row["query"]) not in map(text_identity, row["negatives"])
       if method == "window":
         sims = [s["similarity"] for s in row["mined"]["scores"]]
         assert sims == sorted(sims, reverse=True)
@@ -428,7 +410,7 @@ def test_window_mining_matches_sentence_transformers(minilm_dir, tmp_path):
 
   from conftest import shared_data
   from gembed.encode import TextEncoder
-  from gembed.modeldir import load_model
+  from gembed.formats.modeldir import load_model
 
   rows = [json.loads(line) for line in
           shared_data("training/quora-pairs.jsonl").read_text().splitlines()[:200]]

@@ -4,7 +4,7 @@ import json
 
 from fake_llm import FakeLLM
 from gembed import cli
-from gembed.llmdata.neighbours import normalize_text
+from gembed.textio import text_identity
 from test_llmdata import FILTER_ROWS, KEY, ROWS, filter_judge, judge, write_inputs
 
 
@@ -37,8 +37,8 @@ def test_beam_mine_matches_in_process(tmp_path, monkeypatch, minilm_dir):
         beam_row = outputs["beam"][key]
         assert beam_row["negatives"] == local["negatives"], (method, key)
         assert beam_row["mined"]["scores"] == local["mined"]["scores"]
-        positives = {normalize_text(r["positive"]) for r in ROWS if r["query"] == key[0]}
-        assert not positives & set(map(normalize_text, beam_row["negatives"]))
+        positives = {text_identity(r["positive"]) for r in ROWS if r["query"] == key[0]}
+        assert not positives & set(map(text_identity, beam_row["negatives"]))
       summary = json.loads((tmp_path / f"{method}-beam.jsonl.summary.json").read_text())
       assert summary["counts"]["rows"] == 3 and summary["counts"]["negatives"] == 6
       assert summary["runner"] == "DirectRunner"

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from conftest import shared_data
-from gembed import modeldir
 from gembed.encode import TextEncoder
-from gembed.models.hf_import import CheckpointImportError
+from gembed.formats import modeldir
+from gembed.formats.hf import CheckpointImportError
 
 
 def _parity_texts():

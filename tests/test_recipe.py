@@ -1,13 +1,14 @@
 """`gembed recipe` end to end on a tiny model and a tiny shared-data layout; the held-out check."""
 
-import importlib.util
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
 
-from gembed import quality, recipe
+from gembed import recipe
+from gembed.tools.bench import quality
 from gembed.evaluation import suite
 from gembed.textio import InputError
 from tiny import make_tiny_bert_dir
@@ -18,10 +19,9 @@ WORDS = ("cat dog bird fish tree house car road sun moon star river hill sea rai
 
 
 def _config(arg=None):
-  spec = importlib.util.spec_from_file_location("recipe_config", os.path.join(ROOT, "configs", "recipe.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  sys.path.insert(0, ROOT)
+  from configs import recipe as recipe_config
+  return recipe_config.get_config(arg)
 
 
 def _write(path, rows):

@@ -14,8 +14,8 @@ import pytest
 from gembed import sharding
 from gembed.models import embedder
 from gembed.optim import make_optimizer
+from gembed.state import init_train_state
 from gembed.steps import LossConfig, loss_fn, train_step
-from gembed.train import init_train_state
 from tiny import TINY, random_batch
 
 CONFIG = TINY.replace(projection_dim=24)

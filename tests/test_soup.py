@@ -8,9 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gembed import checkpoint, cli, modeldir, soup
+from gembed import checkpoint, cli, soup
+from gembed.formats import modeldir
+from gembed.formats.modeldir import ModelInfo
 from gembed.models.embedder import init_params
-from gembed.modeldir import ModelInfo
 from tiny import TINY
 
 CONFIG = TINY.replace(projection_dim=16)

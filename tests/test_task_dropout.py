@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gembed.data import pipeline
+from gembed.data import mixture, preprocessors, sources, tasks
 
 PROMPT, DOC = "task: {task} | query: {text}", "title: {title} | text: {text}"
 
@@ -15,9 +15,9 @@ PROMPT, DOC = "task: {task} | query: {text}", "title: {title} | text: {text}"
 def _formatted(task_dropout, seed, n=400):
   rows = {"query": [f"question {i}" for i in range(n)], "positive": [f"answer {i}" for i in range(n)],
           "title": [""] * n}
-  ds = pipeline.apply_prompts(tf.data.Dataset.from_tensor_slices(rows), query_prompt=PROMPT,
-                              document_format=DOC, prompt_task="search result", num_negatives=0,
-                              task_dropout=task_dropout, seed=seed)
+  ds = preprocessors.apply_prompts(tf.data.Dataset.from_tensor_slices(rows), query_prompt=PROMPT,
+                                   document_format=DOC, prompt_task="search result", num_negatives=0,
+                                   task_dropout=task_dropout, seed=seed)
   return [(ex["query_text"].numpy().decode(), ex["positive_text"].numpy().decode()) for ex in ds]
 
 
@@ -44,13 +44,13 @@ def test_dropout_reaches_tokenized_batches(tmp_path, minilm_dir):
   path.write_text("".join(json.dumps({"query": f"question {i}", "positive": f"answer {i}"}) + "\n"
                           for i in range(32)))
   tokenizer_file = os.path.join(minilm_dir, "tokenizer.json")
-  task = pipeline.register_task(pipeline.TaskSpec("dropout", (str(path),)),
-                                tokenizer_file=tokenizer_file, query_length=16, document_length=16,
-                                num_negatives=0, query_prompt=PROMPT, document_format=DOC,
-                                task_dropout=0.5)
-  ds = pipeline.make_mixture([task], np.ones(1), host_batch_size=32, seed=0, shard_index=0,
-                             num_shards=1, shuffle_buffer=32, query_length=16, document_length=16,
-                             num_negatives=0, pad_id=0)
+  task = tasks.register_task(sources.TaskSpec("dropout", (str(path),)),
+                             tokenizer_file=tokenizer_file, query_length=16, document_length=16,
+                             num_negatives=0, query_prompt=PROMPT, document_format=DOC,
+                             task_dropout=0.5)
+  ds = mixture.make_mixture([task], np.ones(1), host_batch_size=32, seed=0, shard_index=0,
+                            num_shards=1, shuffle_buffer=32, query_length=16, document_length=16,
+                            num_negatives=0, pad_id=0)
   batch = next(iter(ds))
   tok = Tokenizer(tokenizer_file, 16)
   queries = [tok.decode(ids[m > 0].tolist()) for ids, m in zip(batch["query_ids"].numpy(),

@@ -1,7 +1,10 @@
-"""The real trainer on a tiny checkpoint: smoke, exact resume after SIGKILL, bad input."""
+"""The real trainer on a tiny checkpoint: smoke, exact resume after SIGKILL or from behind an
+unreadable checkpoint, quiet start-up, bad input."""
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,8 +13,9 @@ import time
 import numpy as np
 import pytest
 
-from gembed import checkpoint, modeldir
+from gembed import checkpoint
 from gembed.encode import TextEncoder
+from gembed.formats import modeldir
 from tiny import make_tiny_bert_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,8 +46,13 @@ def _args(workdir, model, data, steps=6, extra=()):
           *extra]
 
 
+# TensorFlow's, XLA's and absl's start-up lines (oneDNN and CUDA notices, C++ log lines).
+STARTUP_LINE = re.compile(r"absl::InitializeLog|oneDNN|cuInit|cuda|^[IWEF]\d{4} \d\d:\d\d")
+
+
 def _run(args, **kw):
   env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # as in a fresh shell: the entry point sets it
   return subprocess.run(args, env=env, capture_output=True, text=True, timeout=600, **kw)
 
 
@@ -68,12 +77,28 @@ def test_train_smoke_workdir_is_a_model(setup, tmp_path):
   assert params2["projection"]["kernel"].shape == (32, 16)
 
 
-def test_sigkill_then_resume_is_exact(setup, tmp_path):
+@pytest.fixture(scope="module")
+def straight(setup, tmp_path_factory):
+  """An uninterrupted 48-step run: what every resumed run must end equal to."""
+  model, data = setup
+  workdir = tmp_path_factory.mktemp("straight") / "w"
+  result = _run(_args(workdir, model, data, steps=48))
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir
+
+
+def _assert_same_end(workdir, straight, steps=48):
+  a = checkpoint.load_workdir_params(str(straight), steps)
+  b = checkpoint.load_workdir_params(str(workdir), steps)
+  np.testing.assert_allclose(np.concatenate([v.ravel() for v in _leaves(b)]),
+                             np.concatenate([v.ravel() for v in _leaves(a)]), atol=1e-6, rtol=0)
+  assert json.loads((workdir / "task_steps.json").read_text()) == \
+      json.loads((straight / "task_steps.json").read_text())
+
+
+def test_sigkill_then_resume_is_exact(setup, straight, tmp_path):
   model, data = setup
   steps = 48
-  straight = _run(_args(tmp_path / "straight", model, data, steps=steps))
-  assert straight.returncode == 0, straight.stderr[-3000:]
-
   workdir = tmp_path / "killed"
   env = dict(os.environ, PYTHONPATH=ROOT)
   proc = subprocess.Popen(_args(workdir, model, data, steps=steps), env=env,
@@ -89,12 +114,32 @@ def test_sigkill_then_resume_is_exact(setup, tmp_path):
   resumed = _run(_args(workdir, model, data, steps=steps))
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f"resumed from step {killed_at[-1]}" in resumed.stderr
-  a = checkpoint.load_workdir_params(str(tmp_path / "straight"), steps)
-  b = checkpoint.load_workdir_params(str(workdir), steps)
-  np.testing.assert_allclose(np.concatenate([v.ravel() for v in _leaves(b)]),
-                             np.concatenate([v.ravel() for v in _leaves(a)]), atol=1e-6, rtol=0)
-  assert json.loads((workdir / "task_steps.json").read_text()) == \
-      json.loads((tmp_path / "straight" / "task_steps.json").read_text())
+  _assert_same_end(workdir, straight, steps)
+
+
+def test_unreadable_newest_checkpoint_falls_back_to_the_previous_one(setup, straight, tmp_path):
+  """The uninterrupted run's newest step with three tensor files truncated: a restart names it in
+  one warning line, moves it aside (not deleted), resumes from the step before and ends equal to
+  the uninterrupted run; at default verbosity, no start-up line of TensorFlow, XLA or absl."""
+  model, data = setup
+  workdir = tmp_path / "torn"
+  shutil.copytree(straight, workdir)
+  assert checkpoint.checkpoint_steps(str(workdir)) == [40, 44, 48]
+  newest = workdir / "checkpoints" / "48"
+  tensors = [p for p in (newest / "params").rglob("*") if p.is_file() and p.parent.name == "d"]
+  for path in sorted(tensors, key=lambda p: p.stat().st_size)[-3:]:  # the largest tensor files
+    os.truncate(path, 10)
+
+  resumed = _run(_args(workdir, model, data, steps=48))
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  lines = resumed.stderr.splitlines()
+  warnings = [line for line in lines if " WARNING " in line]
+  assert len(warnings) == 1 and "checkpoint 48 is unreadable" in warnings[0], warnings
+  assert "resumed from step 44 " in resumed.stderr
+  assert "Traceback" not in resumed.stderr, resumed.stderr[-5000:]
+  assert not [line for line in lines if STARTUP_LINE.search(line)], resumed.stderr[-5000:]
+  assert (workdir / "checkpoints" / "48.unreadable" / "params").is_dir()
+  _assert_same_end(workdir, straight)
 
 
 def _leaves(tree):

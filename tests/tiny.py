@@ -8,9 +8,9 @@ import jax
 import numpy as np
 from safetensors.numpy import save_file
 
+from gembed.formats.hf import encoder_params_to_hf, hf_config_dict
 from gembed.models.config import ModelConfig
 from gembed.models.embedder import init_params
-from gembed.models.hf_import import encoder_params_to_hf, hf_config_dict
 
 TINY = ModelConfig(vocab_size=30522, hidden_size=32, num_layers=2, num_heads=4,
                    intermediate_size=64, max_position=128, dropout_rate=0.0)

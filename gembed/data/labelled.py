@@ -18,7 +18,7 @@ import logging
 
 import numpy as np
 
-from gembed.data.sources import Rows, read_jsonl_rows
+from gembed.data.rows import Rows, read_jsonl_rows
 from gembed.textio import InputError, iter_jsonl
 
 log = logging.getLogger(__name__)

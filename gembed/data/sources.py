@@ -1,102 +1,100 @@
-"""Training-row sources: JSONL files of pairs or triples, validated row by row.
-
-A row: {"query": str, "positive": str, optional "negative": str or "negatives": [str],
-"title" (the positive's title), "task", "query_id", "positive_id"}. A malformed row is an
-error naming file, line and problem, or (with `skip_bad_rows`) counted and reported.
+"""Where a task's rows come from: JSONL or labelled files (read and validated in Python,
+gembed.data.rows / labelled), TFRecord files of tf.train.Examples, or a TFDS dataset. Every
+source yields the same columns: query, positive, title, query_id, positive_id and K hard-negative
+slots (negative_k, negative_k_valid).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 
-import numpy as np
+import tensorflow as tf
 
-from gembed.textio import InputError, iter_jsonl
-
-log = logging.getLogger(__name__)
+from gembed.data import labelled
+from gembed.data.rows import Rows, read_jsonl_rows
 
 
-@dataclasses.dataclass
-class Rows:
-  """Columns of a training set; negatives padded to K slots with '' and valid=False."""
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+  """One training dataset: JSONL or TFRecord files, or a TFDS dataset."""
 
-  query: np.ndarray
-  positive: np.ndarray
-  title: np.ndarray
-  negatives: np.ndarray  # (N, K) str
-  negative_valid: np.ndarray  # (N, K) bool
-  query_id: np.ndarray  # '' when absent: the key then comes from the normalised text
-  positive_id: np.ndarray
-  skipped: int = 0
+  name: str
+  files: tuple[str, ...] = ()
+  prompt_task: str = "search result"  # the {task} in the query prompt
+  rate: float | None = None  # explicit mixture rate; None: from the mixing rule
+  weight: float = 1.0  # multiplies the proportional / temperature rule's rate
+  source: str = "jsonl"  # jsonl | tfrecord | tfds | classification | clustering (data/labelled.py)
+  tfds_name: str = ""  # a registered TFDS name or a prepared dataset directory (source = tfds)
+  tfds_data_dir: str = ""
+  split: str = "train"
+  seed: int = 0  # the pairing and negatives of labelled sources
 
-  def __len__(self):
-    return len(self.query)
 
-  def as_dict(self) -> dict[str, np.ndarray]:
-    out = {"query": self.query, "positive": self.positive, "title": self.title,
-           "query_id": self.query_id, "positive_id": self.positive_id}
-    for k in range(self.negatives.shape[1]):
-      out[f"negative_{k}"] = self.negatives[:, k]
-      out[f"negative_{k}_valid"] = self.negative_valid[:, k]
+# TFRecord rows: tf.train.Example with these bytes features (negatives: any number).
+TFRECORD_FEATURES = {
+    "query": tf.io.FixedLenFeature([], tf.string),
+    "positive": tf.io.FixedLenFeature([], tf.string),
+    "title": tf.io.FixedLenFeature([], tf.string, default_value=""),
+    "query_id": tf.io.FixedLenFeature([], tf.string, default_value=""),
+    "positive_id": tf.io.FixedLenFeature([], tf.string, default_value=""),
+    "negatives": tf.io.VarLenFeature(tf.string),
+}
+
+
+def standardize_columns(ds, num_negatives: int, task_name: str):
+  """TFRecord/TFDS examples -> the JSONL source's columns (K negative slots + validity)."""
+  def fn(ex):
+    out = {}
+    for key in ("query", "positive"):
+      tf.debugging.assert_greater(tf.strings.length(ex[key]), 0,
+                                  message=f"task {task_name}: a row has an empty {key!r}")
+      out[key] = ex[key]
+    for key in ("title", "query_id", "positive_id"):
+      out[key] = ex[key] if key in ex else tf.constant("")
+    negatives = ex.get("negatives", tf.zeros([0], tf.string))
+    if isinstance(negatives, tf.SparseTensor):
+      negatives = tf.sparse.to_dense(negatives, default_value="")
+    count = tf.size(negatives)
+    padded = tf.concat([negatives, tf.fill([num_negatives], "")], axis=0)
+    for k in range(num_negatives):
+      out[f"negative_{k}"] = padded[k]
+      out[f"negative_{k}_valid"] = k < count
     return out
+  return ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def _string(row, key, required):
-  value = row.get(key)
-  if value is None:
-    if required:
-      raise ValueError(f"missing field {key!r}")
-    return ""
-  if not isinstance(value, (str, int)) or isinstance(value, bool):
-    raise ValueError(f"field {key!r} must be a string, got {type(value).__name__}")
-  value = str(value)
-  if required and not value.strip():
-    raise ValueError(f"field {key!r} is empty")
-  return value
+def task_source(spec: TaskSpec, num_negatives: int, skip_bad_rows: bool):
+  """(dataset_fn, number of rows, skipped rows) of one task's rows, in the JSONL columns."""
+  if spec.source in ("jsonl", *labelled.KINDS):
+    rows = labelled.read_task_rows(spec.source, list(spec.files), num_negatives, spec.seed,
+                                   skip_bad_rows)
+    columns = {k: (v.astype(str) if v.dtype == object else v) for k, v in rows.as_dict().items()}
+    return (lambda: tf.data.Dataset.from_tensor_slices(columns)), len(rows), rows.skipped
+  if skip_bad_rows:
+    raise ValueError(f"task {spec.name}: data.skip_bad_rows applies to JSONL and labelled "
+                     "sources only")
+  if spec.source == "tfrecord":
+    missing = [f for f in spec.files if not tf.io.gfile.exists(f)]
+    if missing:
+      raise FileNotFoundError(f"task {spec.name}: no such TFRecord file(s): {missing}")
 
+    def tfrecord():
+      ds = tf.data.TFRecordDataset(list(spec.files))
+      return standardize_columns(ds.map(lambda r: tf.io.parse_single_example(r, TFRECORD_FEATURES)),
+                                 num_negatives, spec.name)
+    count = int(tfrecord().reduce(0, lambda n, _: n + 1))
+    return tfrecord, count, 0
+  if spec.source == "tfds":
+    import tensorflow_datasets as tfds
 
-def _negatives(row) -> list[str]:
-  if "negatives" in row:
-    values = row["negatives"]
-    if not isinstance(values, list) or not all(isinstance(v, str) and v.strip() for v in values):
-      raise ValueError("field 'negatives' must be a list of non-empty strings")
-    return values
-  if row.get("negative") is not None:
-    return [_string(row, "negative", required=True)]
-  return []
+    if tf.io.gfile.isdir(spec.tfds_name):  # a prepared dataset directory (e.g. JsonlTriples')
+      builder = tfds.builder_from_directory(spec.tfds_name)
+    else:  # a registered TFDS name, e.g. "glue/mrpc"
+      builder = tfds.builder(spec.tfds_name, data_dir=spec.tfds_data_dir or None)
 
-
-def read_jsonl_rows(paths: list[str], num_negatives: int, skip_bad_rows: bool = False,
-                    max_rows: int | None = None) -> Rows:
-  """Reads and validates rows; keeps up to `num_negatives` hard negatives per row."""
-  cols = {k: [] for k in ("query", "positive", "title", "query_id", "positive_id")}
-  negatives, valid, skipped = [], [], 0
-  for path in paths:
-    for number, row in iter_jsonl(path):
-      try:
-        parsed = {"query": _string(row, "query", True), "positive": _string(row, "positive", True),
-                  "title": _string(row, "title", False), "query_id": _string(row, "query_id", False),
-                  "positive_id": _string(row, "positive_id", False)}
-        negs = _negatives(row)[:num_negatives]
-      except ValueError as e:
-        if not skip_bad_rows:
-          raise InputError(f"{path}:{number}: {e}") from None
-        skipped += 1
-        continue
-      for k, v in parsed.items():
-        cols[k].append(v)
-      negatives.append(negs + [""] * (num_negatives - len(negs)))
-      valid.append([True] * len(negs) + [False] * (num_negatives - len(negs)))
-      if max_rows and len(cols["query"]) >= max_rows:
-        break
-  if skipped:
-    log.warning("skipped %d malformed rows in %s", skipped, ", ".join(paths))
-  if not cols["query"]:
-    raise InputError(f"{', '.join(paths)}: no valid training rows")
-  n = len(cols["query"])
-  return Rows(
-      **{k: np.asarray(v, dtype=object) for k, v in cols.items()},
-      negatives=np.asarray(negatives, dtype=object).reshape(n, num_negatives),
-      negative_valid=np.asarray(valid, dtype=bool).reshape(n, num_negatives),
-      skipped=skipped)
+    def tfds_dataset():
+      return standardize_columns(builder.as_dataset(split=spec.split, shuffle_files=False),
+                                 num_negatives, spec.name)
+    return tfds_dataset, builder.info.splits[spec.split].num_examples, 0
+  raise ValueError(f"task {spec.name}: source {spec.source!r}; use jsonl, tfrecord, tfds, "
+                   f"{' or '.join(labelled.KINDS)}")

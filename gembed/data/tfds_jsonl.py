@@ -16,7 +16,7 @@ import dataclasses
 
 import tensorflow_datasets as tfds
 
-from gembed.data.sources import read_jsonl_rows
+from gembed.data.rows import read_jsonl_rows
 
 MAX_NEGATIVES = 16
 

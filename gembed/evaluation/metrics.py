@@ -10,31 +10,13 @@ from sklearn.cluster import MiniBatchKMeans
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, f1_score, v_measure_score
 
-
-def _unit(x):
-  return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+from gembed.vectors import l2_normalize, top_k
 
 
 def sts_spearman(emb1, emb2, gold) -> dict:
-  cosine = np.sum(_unit(emb1) * _unit(emb2), axis=1)
+  cosine = np.sum(l2_normalize(emb1) * l2_normalize(emb2), axis=1)
   return {"spearman": 100 * stats.spearmanr(cosine, gold).statistic,
           "pearson": 100 * stats.pearsonr(cosine, gold).statistic}
-
-
-def top_k_cosine(queries, corpus, k: int, chunk: int = 4096):
-  """Indices (Q, k) and scores of the k most similar corpus rows, in corpus chunks (no Q x N)."""
-  q = _unit(queries)
-  k = min(k, len(corpus))
-  indices, scores = [], []
-  for start in range(0, len(corpus), chunk):
-    sims = q @ _unit(corpus[start:start + chunk]).T
-    kk = min(k, sims.shape[1])
-    top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
-    indices.append(top + start)
-    scores.append(np.take_along_axis(sims, top, axis=1))
-  indices, scores = np.concatenate(indices, axis=1), np.concatenate(scores, axis=1)
-  order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-  return np.take_along_axis(indices, order, axis=1), np.take_along_axis(scores, order, axis=1)
 
 
 def ndcg_at_k(ranked: list, relevance: dict, k: int = 10) -> float:
@@ -103,7 +85,7 @@ def clustering_v_measure(embeddings, labels, seed: int = 42) -> float:
 
 def pair_classification_ap(emb1, emb2, labels) -> dict:
   """Average precision per similarity; MTEB's main score is the max over them."""
-  a, b = _unit(emb1), _unit(emb2)
+  a, b = l2_normalize(emb1), l2_normalize(emb2)
   similarities = {
       "cosine": np.sum(a * b, axis=1),
       "dot": np.sum(emb1 * emb2, axis=1),
@@ -117,7 +99,7 @@ def pair_classification_ap(emb1, emb2, labels) -> dict:
 
 def bitext_f1(source_emb, target_emb) -> dict:
   """Nearest target of each source; gold is the aligned line (MTEB: weighted F1)."""
-  index, _ = top_k_cosine(source_emb, target_emb, k=1)
+  _, index = top_k(l2_normalize(source_emb), l2_normalize(target_emb), k=1)
   predicted = index[:, 0]
   gold = np.arange(len(source_emb))
   return {"f1": 100 * f1_score(gold, predicted, average="weighted", zero_division=0),
@@ -127,8 +109,8 @@ def bitext_f1(source_emb, target_emb) -> dict:
 def mean_average_precision(query_emb, candidates: list[tuple[np.ndarray, np.ndarray]]) -> float:
   """Reranking MAP: per query, rank its candidates by cosine; relevance labels 0/1."""
   aps = []
-  for q, (cand_emb, rel) in zip(_unit(query_emb), candidates):
+  for q, (cand_emb, rel) in zip(l2_normalize(query_emb), candidates):
     if rel.sum() == 0:
       continue
-    aps.append(average_precision_score(rel, _unit(cand_emb) @ q))
+    aps.append(average_precision_score(rel, l2_normalize(cand_emb) @ q))
   return 100 * float(np.mean(aps))

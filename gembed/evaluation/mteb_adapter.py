@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from gembed.evaluation.suite import PROMPT_TASK
+from gembed.vectors import l2_normalize
 
 # mteb task types -> gembed's evaluation types (for the prompt task).
 _MTEB_TYPES = {"Retrieval": "retrieval", "Reranking": "reranking", "STS": "sts",
@@ -29,11 +30,10 @@ class GembedMtebEncoder:
   def __init__(self, model_name: str, revision: str | None = None, *, device: str | None = None,
                batch_size: int = 64, dim: int | None = None, **kwargs):
     del revision, device, kwargs  # JAX places arrays itself
-    from gembed import modeldir
-    from gembed.modeldir import resolve_model_arg
     from gembed.encode import TextEncoder
+    from gembed.formats import modeldir
 
-    info, params = modeldir.load_model(resolve_model_arg(model_name))
+    info, params = modeldir.load_model(modeldir.resolve_model_arg(model_name))
     self.model_name = model_name
     self.dim = dim
     self.encoder = TextEncoder(info, params, batch_size=batch_size)
@@ -53,13 +53,12 @@ class GembedMtebEncoder:
         formatted += [info.format_query(t, task) for t in texts]
     return self.encoder.encode_formatted(formatted, dim=self.dim, normalize=info.normalize)
 
-  @staticmethod
-  def _unit(x):
-    x = np.atleast_2d(np.asarray(x, np.float32))
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
   def similarity(self, embeddings1, embeddings2) -> np.ndarray:
-    return self._unit(embeddings1) @ self._unit(embeddings2).T
+    return _unit(embeddings1) @ _unit(embeddings2).T
 
   def similarity_pairwise(self, embeddings1, embeddings2) -> np.ndarray:
-    return np.sum(self._unit(embeddings1) * self._unit(embeddings2), axis=-1)
+    return np.sum(_unit(embeddings1) * _unit(embeddings2), axis=-1)
+
+
+def _unit(x) -> np.ndarray:
+  return l2_normalize(np.atleast_2d(np.asarray(x, np.float32)))

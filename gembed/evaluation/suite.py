@@ -18,6 +18,7 @@ import numpy as np
 
 from gembed.evaluation import metrics
 from gembed.textio import iter_jsonl
+from gembed.vectors import l2_normalize, top_k
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ def _rows(path, limit=0):
 
 def _at_dims(embeddings: list[np.ndarray], dims: list[int]):
   for dim in dims:
-    yield dim, [metrics._unit(e[:, :dim]) for e in embeddings]
+    yield dim, [l2_normalize(e[:, :dim]) for e in embeddings]
 
 
 def prompt_task(s: EvalSet, overrides: dict[str, str] | None = None) -> str:
@@ -136,7 +137,8 @@ def evaluate_set(embedder: Embedder, s: EvalSet, dims: list[int], max_examples: 
     sets = _rows(s.path)
     embedded = [(embedder.queries(c["sentences"], task), c["labels"]) for c in sets]
     for dim in dims:
-      scores = [metrics.clustering_v_measure(metrics._unit(e[:, :dim]), labels) for e, labels in embedded]
+      scores = [metrics.clustering_v_measure(l2_normalize(e[:, :dim]), labels)
+                for e, labels in embedded]
       per_dim[dim] = {"v_measure": float(np.mean(scores)), "v_measure_std": float(np.std(scores))}
   elif s.type == "classification":
     train = _rows(os.path.join(s.path, "train.jsonl"))
@@ -161,7 +163,7 @@ def evaluate_set(embedder: Embedder, s: EvalSet, dims: list[int], max_examples: 
              for r in rows]
     emb = [embedder.documents(c) for c, _ in cands]
     for dim in dims:
-      qd = metrics._unit(q[:, :dim])
+      qd = l2_normalize(q[:, :dim])
       per_dim[dim] = {"map": metrics.mean_average_precision(
           qd, [(e[:, :dim], np.asarray(rel)) for e, (_, rel) in zip(emb, cands)])}
   main = MAIN_METRIC[s.type]
@@ -187,8 +189,8 @@ def _retrieval(embedder, s, dims, task, max_queries):
   q_emb = embedder.queries([q["text"] for q in queries], task)
   per_dim = {}
   for dim in dims:
-    top, _ = metrics.top_k_cosine(q_emb[:, :dim], doc_emb[:, :dim], k=100)
-    ranked = [[doc_ids[i] for i in row] for row in top]
+    _, top = top_k(l2_normalize(q_emb[:, :dim]), l2_normalize(doc_emb[:, :dim]), k=100)
+    ranked = [[doc_ids[i] for i in row if i >= 0] for row in top]
     per_dim[dim] = metrics.retrieval_scores(ranked, [qrels[q["_id"]] for q in queries])
   return per_dim
 

@@ -27,7 +27,8 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from gembed.llmdata import mine as mining
-from gembed.llmdata.neighbours import normalize_text, top_k_neighbours
+from gembed.textio import text_identity
+from gembed.vectors import top_k
 
 NAMESPACE = "gembed"
 
@@ -73,10 +74,9 @@ class _WithEncoder(_Counted):
     self.model, self.batch_size, self.max_length = model, batch_size, max_length
 
   def setup(self):
-    from gembed import modeldir
-    from gembed.modeldir import resolve_model_arg
     from gembed.encode import TextEncoder
-    info, params = modeldir.load_model(resolve_model_arg(self.model))
+    from gembed.formats import modeldir
+    info, params = modeldir.load_model(modeldir.resolve_model_arg(self.model))
     self.encoder = TextEncoder(info, params, batch_size=self.batch_size, max_length=self.max_length)
 
 
@@ -101,7 +101,7 @@ class SearchQueries(_WithEncoder):
   def process(self, batch, blocks):
     groups = [rows for _, rows in batch]
     queries = [rows[0]["query"] for rows in groups]
-    excluded = [{normalize_text(r["positive"]) for r in rows} | {normalize_text(rows[0]["query"])}
+    excluded = [{text_identity(r["positive"]) for r in rows} | {text_identity(rows[0]["query"])}
                 for rows in groups]
     vectors = self.encoder.encode_formatted(
         [self.encoder.info.format_query(q, self.query_task) for q in queries])
@@ -112,7 +112,7 @@ class SearchQueries(_WithEncoder):
       matrix = np.stack([vector for *_, vector in block])
       column = {key: c for c, key in enumerate(keys)}
       exclude = [[column[key] for key in e if key in column] for e in excluded]
-      scores, ids = top_k_neighbours(vectors, matrix, self.k, exclude, progress=False)
+      scores, ids = top_k(vectors, matrix, self.k, exclude)
       for q, rows in enumerate(groups):
         found[q] += [(float(s), block[j][1], block[j][2]) for s, j in zip(scores[q], ids[q]) if j >= 0]
         found[q] = sorted(found[q], key=lambda x: -x[0])[:self.k]
@@ -122,7 +122,7 @@ class SearchQueries(_WithEncoder):
     for rows, neighbours, sims in zip(groups, found, positive_sims):
       candidates = [mining.Candidate(text, title, rank, score)
                     for rank, (score, text, title) in enumerate(neighbours)]
-      yield rows, candidates, [sims.get(normalize_text(r["positive"]), 0.0) for r in rows]
+      yield rows, candidates, [sims.get(text_identity(r["positive"]), 0.0) for r in rows]
 
 
 class SelectNegatives(_Counted):
@@ -204,7 +204,7 @@ def build_mine(p, args, config: mining.MiningConfig, llm_config):
              | "priority" >> beam.MapTuple(lambda text, title: (1, text, title)))
     docs = (docs, extra) | "all documents" >> beam.Flatten()
   # exact duplicates become one entry, chosen as mine.Corpus.add chooses
-  unique = (docs | "key documents" >> beam.Map(lambda d: (normalize_text(d[1]), d))
+  unique = (docs | "key documents" >> beam.Map(lambda d: (text_identity(d[1]), d))
             | "dedupe" >> beam.CombinePerKey(min)
             | "drop priority" >> beam.MapTuple(lambda key, d: (key, (d[1], d[2]))))
   embedded = (_batches(unique, "document batches", args.batch_size)
@@ -212,7 +212,7 @@ def build_mine(p, args, config: mining.MiningConfig, llm_config):
                                                                args.max_length)))
   blocks = embedded | "corpus blocks" >> beam.BatchElements(min_batch_size=args.block_size,
                                                             max_batch_size=args.block_size)
-  groups = (rows | "key queries" >> beam.Map(lambda r: (normalize_text(r["query"]), r))
+  groups = (rows | "key queries" >> beam.Map(lambda r: (text_identity(r["query"]), r))
             | "group queries" >> beam.GroupByKey()
             | "as lists" >> beam.MapTuple(lambda key, rs: (key, list(rs))))
   k = max(config.top_k, config.rank_window[1])

@@ -66,12 +66,3 @@ class ResponseCache:
       with self._fs.GFile(tmp, "w") as f:
         f.write(text)
       self._fs.rename(tmp, path, overwrite=True)
-
-  def __len__(self) -> int:
-    count = 0
-    if self._fs is None:
-      for _, _, files in os.walk(self.root):
-        count += sum(name.endswith(".json") for name in files)
-    else:
-      count = len(self._fs.glob(f"{self.root}/*/*.json"))
-    return count

@@ -21,14 +21,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 
 import numpy as np
 
 from gembed.llmdata import prompts
-from gembed.llmdata.neighbours import (embed_to_file, normalize_text, params_digest,
-                                       top_k_neighbours)
-from gembed.textio import InputError, iter_jsonl, read_lines
+from gembed.llmdata.neighbours import embed_to_file, params_digest
+from gembed.textio import InputError, iter_jsonl, read_lines, text_identity
+from gembed.vectors import top_k
 
 METHODS = ("window", "llm", "random")
 
@@ -66,7 +65,7 @@ class Corpus:
   def add(self, text: str, title: str = "", priority: int = 1) -> int:
     """Adds a text, or merges it into its exact duplicate. Of duplicates the entry keeps the
     smallest (priority, text, title), an order any runner (Beam included) can reproduce."""
-    key = normalize_text(text)
+    key = text_identity(text)
     candidate = (priority, text, title)
     if key not in self.index:
       self.index[key] = len(self.texts)
@@ -134,13 +133,13 @@ def query_groups(rows: list[dict], positive_ids: list[int], corpus: Corpus):
   order: dict[str, int] = {}
   row_query = []
   for r in rows:
-    row_query.append(order.setdefault(normalize_text(r["query"]), len(order)))
+    row_query.append(order.setdefault(text_identity(r["query"]), len(order)))
   queries = [""] * len(order)
   exclude: list[set[int]] = [set() for _ in order]
   for r, q, pid in zip(rows, row_query, positive_ids):
     queries[q] = r["query"]
     exclude[q].add(pid)
-    own = corpus.index.get(normalize_text(r["query"]))
+    own = corpus.index.get(text_identity(r["query"]))
     if own is not None:
       exclude[q].add(own)
   return queries, row_query, [sorted(e) for e in exclude]
@@ -310,8 +309,8 @@ def mine(rows: list[dict], corpus: Corpus, positive_ids: list[int], *, encoder, 
   query_emb = embed_to_file(encoder, [info.format_query(q, query_task) for q in queries],
                             os.path.join(work_dir, "query_embeddings.npy"), progress=progress,
                             desc="embedding queries", model_digest=digest)
-  scores, ids = top_k_neighbours(query_emb, corpus_emb, max(config.top_k, config.rank_window[1]),
-                                 exclude, progress=progress)
+  scores, ids = top_k(query_emb, corpus_emb, max(config.top_k, config.rank_window[1]), exclude,
+                      progress=progress)
   positive_scores = np.einsum("nd,nd->n", np.asarray(query_emb[row_query]),
                               np.asarray(corpus_emb[positive_ids]))
   neighbours = [[Candidate(corpus.texts[j], corpus.titles[j], r, float(s))
@@ -364,79 +363,3 @@ def write_jsonl(path: str, rows: list[dict]):
 def write_summary(path: str, summary: dict):
   with open(f"{path}.summary.json", "w", encoding="utf-8") as f:
     json.dump(summary, f, indent=2, ensure_ascii=False)
-
-
-def run_cli(args) -> int:
-  from gembed import modeldir
-  from gembed.modeldir import resolve_model_arg
-  from gembed.encode import TextEncoder
-  from gembed.llmdata.client import LLMClient
-  from gembed.llmdata.cli_args import llm_config_from_args
-
-  config = MiningConfig(method=args.method, num_negatives=args.num_negatives, top_k=args.top_k,
-                        rank_window=tuple(args.rank_window), margin_ratio=args.margin_ratio,
-                        rrf_k=args.rrf_k, relabel_positive=args.relabel_positive, seed=args.seed)
-  llm_config = None
-  if config.method == "llm":
-    if not args.llm_base_url or not args.llm_model:
-      raise ValueError("--method llm needs --llm-base-url and --llm-model")
-    llm_config = llm_config_from_args(args)
-  if args.beam:
-    if config.method == "random":
-      raise ValueError("--method random runs in-process only (it embeds nothing)")
-    from gembed.llmdata.cli_args import beam_pipeline_module
-    beam_pipeline = beam_pipeline_module()
-    counts = beam_pipeline.run(beam_pipeline.build_mine, args, config=config, llm_config=llm_config)
-    write_summary(args.output, {"config": dataclasses.asdict(config), "model": args.model,
-                                "inputs": args.input, "runner": args.runner, "counts": counts})
-    print(f"gembed mine: wrote {args.output}: {json.dumps(counts)}", file=sys.stderr)
-    return 0
-  client = LLMClient(llm_config, progress=not args.quiet) if llm_config else None
-  rows = read_training_rows(args.input)
-  corpus, positive_ids = build_corpus(rows, args.corpus)
-  encoder = None
-  if config.method != "random":
-    info, params = modeldir.load_model(resolve_model_arg(args.model))
-    encoder = TextEncoder(info, params, batch_size=args.batch_size, max_length=args.max_length)
-  mined, counts = mine(rows, corpus, positive_ids, encoder=encoder, config=config,
-                       model_name=args.model, work_dir=args.work_dir or f"{args.output}.work",
-                       client=client, query_task=args.task, progress=not args.quiet)
-  write_jsonl(args.output, mined)
-  summary = {"config": dataclasses.asdict(config), "model": args.model, "inputs": args.input,
-             "counts": counts}
-  if client is not None:
-    summary["llm"] = {"model": client.config.model, "stats": client.stats}
-  write_summary(args.output, summary)
-  shown = {k: v for k, v in counts.items() if k != "failures"}
-  print(f"gembed mine: wrote {args.output}: {json.dumps(shown)}", file=sys.stderr)
-  return 0
-
-
-def add_parser(sub):
-  from gembed.llmdata.cli_args import add_beam_arguments, add_llm_arguments
-  p = sub.add_parser("mine", help="mine hard negatives for training rows (embedding neighbours, "
-                     "optionally scored by an LLM and fused with RRF)")
-  p.add_argument("--input", nargs="+", required=True, help="training JSONL: query, positive[, task]")
-  p.add_argument("--output", required=True, help="JSONL rows with 'negatives' and 'mined'")
-  p.add_argument("--model", default="all-MiniLM-L6-v2", help="any --model spec (embeds queries "
-                 "and corpus)")
-  p.add_argument("--corpus", default=None, help="more candidate texts: .jsonl (text[, title]) "
-                 "or .txt (one per line); the inputs' positives are always included")
-  p.add_argument("--method", default="window", choices=METHODS)
-  p.add_argument("--num-negatives", type=int, default=1)
-  p.add_argument("--top-k", type=int, default=30)
-  p.add_argument("--rank-window", type=int, nargs=2, default=(0, 30), metavar=("START", "END"),
-                 help="neighbour ranks that may become negatives (0 = nearest non-positive)")
-  p.add_argument("--margin-ratio", type=float, default=0.95,
-                 help="window: a negative's similarity must stay below RATIO x the positive's")
-  p.add_argument("--rrf-k", type=int, default=60)
-  p.add_argument("--relabel-positive", action="store_true")
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--task", default=None, help="query prompt task for models trained with prompts")
-  p.add_argument("--batch-size", type=int, default=64)
-  p.add_argument("--max-length", type=int, default=None)
-  p.add_argument("--work-dir", default=None, help="embeddings on disk (default OUTPUT.work)")
-  p.add_argument("--quiet", action="store_true", help="no progress bars")
-  add_llm_arguments(p, required=False)
-  add_beam_arguments(p)
-  p.set_defaults(func=run_cli)

@@ -13,13 +13,8 @@ dropped, as are items the rater could not judge and exact duplicates. Each reque
 
 from __future__ import annotations
 
-import json
-import sys
-
 from gembed.llmdata import prompts
-from gembed.llmdata.mine import write_jsonl, write_summary
-from gembed.llmdata.neighbours import normalize_text
-from gembed.textio import InputError, iter_jsonl, read_texts
+from gembed.textio import InputError, iter_jsonl, text_identity
 
 
 def _rated(client, items: list, render, counts: dict) -> list:
@@ -57,7 +52,7 @@ def synth_retrieval(passages: list[str], client, *, queries_per_passage: int = 1
       continue
     counts["generated"] += 1
     passage = passages[n // queries_per_passage]
-    key = (normalize_text(result.value["query"]), normalize_text(passage))
+    key = (text_identity(result.value["query"]), text_identity(passage))
     if key in seen:
       counts["duplicates"] += 1
       continue
@@ -92,10 +87,10 @@ def synth_classification(labels: list[str], client, *, description: str, per_lab
       continue
     for text in result.value:
       counts["generated"] += 1
-      if normalize_text(text) in seen:
+      if text_identity(text) in seen:
         counts["duplicates"] += 1
         continue
-      seen.add(normalize_text(text))
+      seen.add(text_identity(text))
       items.append((text, label))
   out, provenance = [], _provenance(client)
   for text, label in _rated(client, items,
@@ -120,62 +115,3 @@ def read_examples(path: str) -> dict[str, list[str]]:
       raise InputError(f"{path}:{number}: expected a string 'text' and a 'label'")
     examples.setdefault(str(row["label"]), []).append(row["text"])
   return examples
-
-
-def run_cli(args) -> int:
-  from gembed.llmdata.client import LLMClient
-  from gembed.llmdata.cli_args import llm_config_from_args
-  llm_config = llm_config_from_args(args, default_temperature=1.0)
-  if getattr(args, "beam", False):
-    from gembed.llmdata.cli_args import beam_pipeline_module
-    beam_pipeline = beam_pipeline_module()
-    args.input = [args.passages]
-    counts = beam_pipeline.run(beam_pipeline.build_llm_step, args, fn=synth_retrieval,
-                               reader=beam_pipeline.read_passage_texts, llm_config=llm_config,
-                               queries_per_passage=args.queries_per_passage,
-                               task_name=args.task_name)
-    write_summary(args.output, {"kind": args.kind, "runner": args.runner, "counts": counts})
-    print(f"gembed synth {args.kind}: wrote {args.output}: {json.dumps(counts)}", file=sys.stderr)
-    return 0
-  client = LLMClient(llm_config, progress=not args.quiet)
-  if args.kind == "retrieval":
-    passages = read_texts(args.passages)
-    out, counts = synth_retrieval(passages, client, queries_per_passage=args.queries_per_passage,
-                                  task_name=args.task_name)
-  else:
-    examples = read_examples(args.examples) if args.examples else None
-    labels = args.labels or sorted(examples or [])
-    if not labels:
-      raise ValueError("synth classification needs --labels (or --examples to take them from)")
-    out, counts = synth_classification(labels, client, description=args.description,
-                                       per_label=args.per_label, batch_size=args.batch_size,
-                                       examples=examples)
-  write_jsonl(args.output, out)
-  write_summary(args.output, {"kind": args.kind, "counts": counts,
-                              "llm": {"model": client.config.model, "stats": client.stats}})
-  print(f"gembed synth {args.kind}: wrote {args.output}: {json.dumps(counts)}", file=sys.stderr)
-  return 0
-
-
-def add_parser(sub):
-  from gembed.llmdata.cli_args import add_beam_arguments, add_llm_arguments
-  p = sub.add_parser("synth", help="generate synthetic training data with an LLM, then rate it")
-  kinds = p.add_subparsers(dest="kind", required=True)
-  r = kinds.add_parser("retrieval", help="(task, query) for each seed passage -> training rows")
-  r.add_argument("--passages", required=True, help=".jsonl (a 'text' field) or .txt")
-  r.add_argument("--queries-per-passage", type=int, default=1)
-  r.add_argument("--task-name", default="synthetic", help="the rows' 'task' field")
-  add_beam_arguments(r)
-  c = kinds.add_parser("classification", help="labelled texts for a described task")
-  c.add_argument("--description", required=True, help="e.g. 'sentiment of product reviews' or "
-                 "'counterfactual statements in customer feedback'")
-  c.add_argument("--labels", nargs="*", default=None)
-  c.add_argument("--examples", default=None, help="labelled .jsonl (text, label): few-shot "
-                 "examples, up to 3 per label")
-  c.add_argument("--per-label", type=int, default=32)
-  c.add_argument("--batch-size", type=int, default=8, help="texts asked for per request")
-  for q in (r, c):
-    q.add_argument("--output", required=True)
-    q.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_llm_arguments(q)
-    q.set_defaults(func=run_cli)

@@ -28,12 +28,6 @@ def mean_pool(hidden, attention_mask):
   return summed / jnp.maximum(jnp.sum(mask, axis=-2), 1e-9)
 
 
-def l2_normalize(x, axis=-1):
-  """Matches torch.nn.functional.normalize (eps 1e-12)."""
-  norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True))
-  return x / jnp.maximum(norm, 1e-12)
-
-
 class EmbeddingModel(nn.Module):
   """(input_ids, attention_mask) -> unnormalised float32 embeddings (batch, embedding_dim)."""
 

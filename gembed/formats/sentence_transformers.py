@@ -1,4 +1,10 @@
-"""`gembed export`: any gembed model -> a sentence-transformers model directory.
+"""sentence-transformers model directories, read and written: the modules around the
+Hugging Face transformer (gembed.formats.hf).
+
+Reading: `modules.json` must be Transformer -> Pooling (mean over every token) -> [Dense (linear)]
+-> [Normalize]; `sentence_bert_config.json` gives the max length.
+
+Writing (`gembed export`):
 
     <output>/config.json, model.safetensors        BertModel (the same mapping table as import)
     <output>/tokenizer.json (+ its side files)     the model's own tokenizer
@@ -15,6 +21,7 @@ Written with numpy + safetensors only: exporting needs neither torch nor sentenc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -22,8 +29,7 @@ import shutil
 import numpy as np
 from safetensors.numpy import save_file
 
-from gembed import modeldir
-from gembed.models import hf_import
+from gembed.formats import hf
 
 EXPORT_META = "gembed_export.json"
 TRANSFORMER = "sentence_transformers.models.Transformer"
@@ -41,7 +47,7 @@ def prompt_prefix(template: str, **fields) -> str:
   return template[: -len("{text}")].format(**fields)
 
 
-def sentence_transformers_prompts(info: modeldir.ModelInfo) -> dict[str, str]:
+def sentence_transformers_prompts(info) -> dict[str, str]:
   prompts = {}
   if info.query_prompt:
     prompts["query"] = prompt_prefix(info.query_prompt, task=info.default_task)
@@ -52,15 +58,84 @@ def sentence_transformers_prompts(info: modeldir.ModelInfo) -> dict[str, str]:
   return prompts
 
 
+@dataclasses.dataclass(frozen=True)
+class SentenceTransformersInfo:
+  """What a sentence-transformers model directory adds to the bare transformer."""
+
+  max_length: int | None
+  normalize: bool
+  dense: tuple[np.ndarray, np.ndarray | None] | None  # (kernel (in, out), bias) of 2_Dense
+  export_meta: dict | None  # EXPORT_META of a directory `gembed export` wrote: prompts, MRL dims
+
+
+def sentence_transformers_dense_config(model_dir: str) -> dict | None:
+  """config.json of the Dense module of a sentence-transformers directory, if it has one."""
+  modules_path = os.path.join(model_dir, "modules.json")
+  if not os.path.exists(modules_path):
+    return None
+  for module in hf.read_json(modules_path):
+    if module["type"].rsplit(".", 1)[-1] == "Dense":
+      return hf.read_json(os.path.join(model_dir, module.get("path", ""), "config.json"))
+  return None
+
+
+def read_sentence_transformers(model_dir: str) -> SentenceTransformersInfo:
+  """The modules of a sentence-transformers directory (none: a bare Hugging Face directory)."""
+  modules_path = os.path.join(model_dir, "modules.json")
+  max_length = None
+  bert_config_path = os.path.join(model_dir, "sentence_bert_config.json")
+  if os.path.exists(bert_config_path):
+    max_length = hf.read_json(bert_config_path).get("max_seq_length")
+  meta_path = os.path.join(model_dir, EXPORT_META)
+  export_meta = hf.read_json(meta_path) if os.path.exists(meta_path) else None
+  if not os.path.exists(modules_path):
+    return SentenceTransformersInfo(max_length, normalize=False, dense=None, export_meta=export_meta)
+
+  normalize, dense = False, None
+  modules = hf.read_json(modules_path)
+  for module in modules:
+    kind = module["type"].rsplit(".", 1)[-1]
+    path = os.path.join(model_dir, module.get("path", ""))
+    if kind == "Transformer":
+      continue
+    if kind == "Pooling":
+      pooling = hf.read_json(os.path.join(path, "config.json"))
+      if "pooling_mode" in pooling:  # sentence-transformers >= 5 writes one string
+        modes = [pooling["pooling_mode"]]
+      else:
+        modes = [k[len("pooling_mode_"):].removesuffix("_tokens")
+                 for k, v in pooling.items() if k.startswith("pooling_mode_") and v]
+      if modes != ["mean"] or not pooling.get("include_prompt", True):
+        raise hf.CheckpointImportError(f"{path}/config.json: pooling {modes} (include_prompt="
+                                       f"{pooling.get('include_prompt', True)}) is not supported; "
+                                       "gembed uses mean pooling over all tokens")
+    elif kind == "Dense":
+      dense_config = hf.read_json(os.path.join(path, "config.json"))
+      act = dense_config.get("activation_function", "torch.nn.modules.linear.Identity")
+      if not act.endswith("Identity"):
+        raise hf.CheckpointImportError(f"{path}: Dense activation {act!r} is not supported "
+                                       "(linear only)")
+      weights = hf.read_safetensors(path)
+      kernel = weights["linear.weight"].T
+      bias = weights.get("linear.bias")
+      if dense is not None:
+        raise hf.CheckpointImportError(f"{model_dir}: more than one Dense module is not supported")
+      dense = (kernel, bias)
+    elif kind == "Normalize":
+      normalize = True
+    else:
+      raise hf.CheckpointImportError(f"{modules_path}: unsupported module type {module['type']!r}")
+  return SentenceTransformersInfo(max_length, normalize, dense, export_meta)
+
+
 def _write_json(path: str, value) -> None:
   with open(path, "w", encoding="utf-8") as f:
     json.dump(value, f, indent=2)
     f.write("\n")
 
 
-def _model_card(info: modeldir.ModelInfo, prompts: dict[str, str]) -> str:
-  dim = info.config.embedding_dim
-  dims = sorted(set(info.mrl_dims) | {dim}, reverse=True)
+def _model_card(info, prompts: dict[str, str]) -> str:
+  dim, dims = info.config.embedding_dim, info.dims
   smallest = dims[-1]
   lines = [
       "---", "library_name: sentence-transformers", "pipeline_tag: sentence-similarity",
@@ -96,20 +171,19 @@ def _model_card(info: modeldir.ModelInfo, prompts: dict[str, str]) -> str:
   return "\n".join(lines)
 
 
-def export_sentence_transformers(model: str, output: str) -> str:
-  """Writes the sentence-transformers directory of `model` (any --model spec) to `output`."""
-  info, params = modeldir.load_model(model)
+def write_sentence_transformers(info, params: dict, output: str) -> str:
+  """Writes the sentence-transformers directory of a model (`ModelInfo`, params) to `output`."""
   config = info.config
   if config.family != "bert":
-    raise ValueError(f"{model}: export supports the bert family, not {config.family!r}")
+    raise ValueError(f"{info.source}: export supports the bert family, not {config.family!r}")
   prompts = sentence_transformers_prompts(info)
   os.makedirs(output, exist_ok=True)
 
-  save_file(hf_import.encoder_params_to_hf(params, config), os.path.join(output, "model.safetensors"),
+  save_file(hf.encoder_params_to_hf(params, config), os.path.join(output, "model.safetensors"),
             metadata={"format": "pt"})
-  _write_json(os.path.join(output, "config.json"), hf_import.hf_config_dict(config))
+  _write_json(os.path.join(output, "config.json"), hf.hf_config_dict(config))
   tokenizer_dir = os.path.dirname(info.tokenizer_file)
-  for name in (modeldir.TOKENIZER_FILE, *modeldir.TOKENIZER_SIDE_FILES):
+  for name in (hf.TOKENIZER_FILE, *hf.TOKENIZER_SIDE_FILES):
     source = os.path.join(tokenizer_dir, name)
     if os.path.exists(source):
       shutil.copyfile(source, os.path.join(output, name))

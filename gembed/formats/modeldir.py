@@ -19,14 +19,11 @@ import os
 from etils import epath
 
 from gembed import checkpoint
-from gembed.models import hf_import
+from gembed.formats import hf, sentence_transformers
+from gembed.formats.hf import TOKENIZER_FILE, TOKENIZER_SIDE_FILES
 from gembed.models.config import ModelConfig
 
 META_FILE = "gembed_model.json"
-TOKENIZER_FILE = "tokenizer.json"
-# Hugging Face tokenizer settings kept beside tokenizer.json so that an export loads with the
-# same special tokens and casing (gembed itself reads tokenizer.json only).
-TOKENIZER_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 BEST_FILE = "best.json"
 BEST_SUBDIR = "best"  # parameters of the best dev checkpoint, apart from the resume checkpoints
 PARAMS_SUBDIR = "params"
@@ -45,6 +42,11 @@ class ModelInfo:
   mrl_dims: tuple[int, ...] = ()
   default_task: str = "search result"
   source: str = ""
+
+  @property
+  def dims(self) -> list[int]:
+    """Every dimension the model serves, largest first: its MRL dims and its full width."""
+    return sorted(set(self.mrl_dims) | {self.config.embedding_dim}, reverse=True)
 
   def format_query(self, text: str, task: str | None = None) -> str:
     if not self.query_prompt:
@@ -111,38 +113,31 @@ def read_model_info(directory: str) -> ModelInfo:
 
 def import_hf(model_dir: str) -> tuple[ModelInfo, dict]:
   """A Hugging Face / sentence-transformers directory -> (ModelInfo, params)."""
-  config = hf_import.read_model_config(model_dir)
+  config = hf.read_model_config(model_dir)
   tokenizer_file = os.path.join(model_dir, TOKENIZER_FILE)
   if not os.path.exists(tokenizer_file):
-    raise hf_import.CheckpointImportError(f"{model_dir}: no tokenizer.json")
-  st = hf_import.read_sentence_transformers(model_dir)
-  params = hf_import.load_encoder_params(model_dir, config)  # {"encoder": ...}
+    raise hf.CheckpointImportError(f"{model_dir}: no tokenizer.json")
+  st = sentence_transformers.read_sentence_transformers(model_dir)
+  params = hf.load_encoder_params(model_dir, config)  # {"encoder": ...}
   if st.dense is not None:
     kernel, bias = st.dense
     if kernel.shape[0] != config.hidden_size:
-      raise hf_import.CheckpointImportError(
+      raise hf.CheckpointImportError(
           f"{model_dir}: Dense in_features {kernel.shape[0]} != hidden_size {config.hidden_size}")
     config = config.replace(projection_dim=kernel.shape[1], projection_bias=bias is not None)
     params["projection"] = {"kernel": kernel}
     if bias is not None:
       params["projection"]["bias"] = bias
-  query_prompt, document_format, dims, default_task = "", "", (), ModelInfo.default_task
-  gembed_extra = os.path.join(model_dir, "gembed_export.json")
-  if os.path.exists(gembed_extra):  # written by `gembed export`: restores prompts and MRL dims
-    with open(gembed_extra, encoding="utf-8") as f:
-      extra = json.load(f)
-    query_prompt, document_format = extra["query_prompt"], extra["document_format"]
-    dims = tuple(extra["mrl_dims"])
-    default_task = extra["default_task"]
+  meta = st.export_meta or {}  # written by `gembed export`: restores prompts and MRL dims
   info = ModelInfo(
       config=config,
       tokenizer_file=tokenizer_file,
       max_length=min(st.max_length or config.max_position, config.max_position),
       normalize=st.normalize,
-      query_prompt=query_prompt,
-      document_format=document_format,
-      mrl_dims=dims,
-      default_task=default_task,
+      query_prompt=meta.get("query_prompt", ""),
+      document_format=meta.get("document_format", ""),
+      mrl_dims=tuple(meta.get("mrl_dims", ())),
+      default_task=meta.get("default_task", ModelInfo.default_task),
       source=os.path.abspath(model_dir),
   )
   return info, params
@@ -201,8 +196,8 @@ def read_model_config(spec: str) -> ModelConfig:
   root = epath.Path(checkpoint.absolute(path))
   if (root / META_FILE).exists():
     return read_model_info(path).config
-  config = hf_import.read_model_config(path)
-  dense = hf_import.sentence_transformers_dense_config(path)
+  config = hf.read_model_config(path)
+  dense = sentence_transformers.sentence_transformers_dense_config(path)
   if dense:
     config = config.replace(projection_dim=dense["out_features"],
                             projection_bias=dense.get("bias", True))

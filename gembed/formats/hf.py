@@ -1,8 +1,8 @@
-"""Import (and export) of Hugging Face-style checkpoint directories.
+"""Hugging Face checkpoint directories <-> gembed's parameter tree, both directions.
 
 A directory holds `config.json`, `model.safetensors` (or shards listed in
-`model.safetensors.index.json`) and `tokenizer.json`, optionally with sentence-transformers
-modules (`modules.json`, `sentence_bert_config.json`, `1_Pooling/`, `2_Dense/`, `Normalize`).
+`model.safetensors.index.json`) and `tokenizer.json`; the sentence-transformers modules that may
+sit beside them are read and written by `gembed.formats.sentence_transformers`.
 
 The mapping between Hugging Face tensor names and gembed's parameter tree is one table
 (`_bert_mapping`, `_decoder_mapping`), used in both directions, so import and export cannot drift apart.
@@ -25,11 +25,17 @@ _HF_ACT = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_t
            "silu": "silu"}
 
 
+TOKENIZER_FILE = "tokenizer.json"
+# Hugging Face tokenizer settings kept beside tokenizer.json so that an export loads with the
+# same special tokens and casing (gembed itself reads tokenizer.json only).
+TOKENIZER_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+
+
 class CheckpointImportError(ValueError):
   """A checkpoint directory that gembed cannot import; the message says exactly why."""
 
 
-def _read_json(path: str) -> dict:
+def read_json(path: str) -> dict:
   with open(path, encoding="utf-8") as f:
     return json.load(f)
 
@@ -38,7 +44,7 @@ def read_model_config(model_dir: str) -> ModelConfig:
   path = os.path.join(model_dir, "config.json")
   if not os.path.exists(path):
     raise CheckpointImportError(f"{model_dir}: no config.json (not a Hugging Face model directory)")
-  hf = _read_json(path)
+  hf = read_json(path)
   architectures = hf.get("architectures") or []
   model_type = hf.get("model_type")
   if model_type in DECODER_FAMILIES:
@@ -221,7 +227,7 @@ def read_safetensors(model_dir: str, filename: str = "model.safetensors") -> dic
   """All tensors of a (possibly sharded) safetensors checkpoint as float32 numpy arrays."""
   index = os.path.join(model_dir, filename + ".index.json")
   if os.path.exists(index):
-    files = sorted(set(_read_json(index)["weight_map"].values()))
+    files = sorted(set(read_json(index)["weight_map"].values()))
   elif os.path.exists(os.path.join(model_dir, filename)):
     files = [filename]
   else:
@@ -277,73 +283,3 @@ def encoder_params_to_hf(params: dict, config: ModelConfig) -> dict[str, np.ndar
       node = node[k]
     out[entry.hf_key] = np.ascontiguousarray(entry.to_hf(np.asarray(node, np.float32)))
   return out
-
-
-@dataclasses.dataclass(frozen=True)
-class SentenceTransformersInfo:
-  """What a sentence-transformers model directory adds to the bare transformer."""
-
-  max_length: int | None
-  normalize: bool
-  dense: tuple[np.ndarray, np.ndarray | None] | None  # (kernel (in, out), bias) of 2_Dense
-  prompts: dict
-
-
-def sentence_transformers_dense_config(model_dir: str) -> dict | None:
-  """config.json of the Dense module of a sentence-transformers directory, if it has one."""
-  modules_path = os.path.join(model_dir, "modules.json")
-  if not os.path.exists(modules_path):
-    return None
-  for module in _read_json(modules_path):
-    if module["type"].rsplit(".", 1)[-1] == "Dense":
-      return _read_json(os.path.join(model_dir, module.get("path", ""), "config.json"))
-  return None
-
-
-def read_sentence_transformers(model_dir: str) -> SentenceTransformersInfo:
-  modules_path = os.path.join(model_dir, "modules.json")
-  max_length = None
-  bert_config_path = os.path.join(model_dir, "sentence_bert_config.json")
-  if os.path.exists(bert_config_path):
-    max_length = _read_json(bert_config_path).get("max_seq_length")
-  prompts = {}
-  st_config = os.path.join(model_dir, "config_sentence_transformers.json")
-  if os.path.exists(st_config):
-    prompts = _read_json(st_config).get("prompts") or {}
-  if not os.path.exists(modules_path):
-    return SentenceTransformersInfo(max_length, normalize=False, dense=None, prompts=prompts)
-
-  normalize, dense = False, None
-  modules = _read_json(modules_path)
-  for module in modules:
-    kind = module["type"].rsplit(".", 1)[-1]
-    path = os.path.join(model_dir, module.get("path", ""))
-    if kind == "Transformer":
-      continue
-    if kind == "Pooling":
-      pooling = _read_json(os.path.join(path, "config.json"))
-      if "pooling_mode" in pooling:  # sentence-transformers >= 5 writes one string
-        modes = [pooling["pooling_mode"]]
-      else:
-        modes = [k[len("pooling_mode_"):].removesuffix("_tokens")
-                 for k, v in pooling.items() if k.startswith("pooling_mode_") and v]
-      if modes != ["mean"] or not pooling.get("include_prompt", True):
-        raise CheckpointImportError(f"{path}/config.json: pooling {modes} (include_prompt="
-                                    f"{pooling.get('include_prompt', True)}) is not supported; "
-                                    "gembed uses mean pooling over all tokens")
-    elif kind == "Dense":
-      dense_config = _read_json(os.path.join(path, "config.json"))
-      act = dense_config.get("activation_function", "torch.nn.modules.linear.Identity")
-      if not act.endswith("Identity"):
-        raise CheckpointImportError(f"{path}: Dense activation {act!r} is not supported (linear only)")
-      weights = read_safetensors(path)
-      kernel = weights["linear.weight"].T
-      bias = weights.get("linear.bias")
-      if dense is not None:
-        raise CheckpointImportError(f"{model_dir}: more than one Dense module is not supported")
-      dense = (kernel, bias)
-    elif kind == "Normalize":
-      normalize = True
-    else:
-      raise CheckpointImportError(f"{modules_path}: unsupported module type {module['type']!r}")
-  return SentenceTransformersInfo(max_length, normalize, dense, prompts)

@@ -64,7 +64,3 @@ def run(config, workdir: str) -> dict:
     f.write(table)
   print(table)
   return all_results
-
-
-def main(argv: list[str]) -> int:
-  return recipe.main(argv, command=run)

@@ -1,0 +1,32 @@
+"""The training batch: one definition of its fields, shapes and dtypes.
+
+Over the global batch of B rows, K hard-negative slots, Lq query and Ld document tokens:
+
+  query_ids, query_mask           (B, Lq) int32
+  positive_ids, positive_mask     (B, Ld) int32
+  negative_ids, negative_mask     (B, K, Ld) int32   (absent when K = 0)
+  negative_valid                  (B, K) bool        (False for a missing hard negative)
+  query_key, positive_key         (B,) int32         identity keys (the false-negative mask)
+
+The data pipeline produces it (gembed.data.batching), the step consumes it (gembed.steps), and
+the AOT check and the benchmarks describe it without data.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def shapes(batch_size: int, query_length: int, document_length: int,
+           num_negatives: int) -> dict[str, tuple[tuple[int, ...], type]]:
+  """{field: (shape, dtype)} of a batch; lengths may be cut to a bucket (data.length_buckets)."""
+  b, k = batch_size, num_negatives
+  out = {"query_ids": ((b, query_length), np.int32), "query_mask": ((b, query_length), np.int32),
+         "positive_ids": ((b, document_length), np.int32),
+         "positive_mask": ((b, document_length), np.int32)}
+  if k:
+    out.update(negative_ids=((b, k, document_length), np.int32),
+               negative_mask=((b, k, document_length), np.int32),
+               negative_valid=((b, k), np.bool_))
+  out.update(query_key=((b,), np.int32), positive_key=((b,), np.int32))
+  return out

@@ -1,0 +1,7 @@
+"""`python -m gembed.cli ...`: the same as the `gembed` command."""
+
+import sys
+
+from gembed.cli import main
+
+sys.exit(main())

@@ -1,0 +1,68 @@
+"""`python -m gembed.aot`: compile a config's train step for a TPU slice or this host's devices
+and print per-device memory (gembed.tools.aot).
+
+    python -m gembed.aot --config configs/prefinetune.py --topology v5e:4x4 [--config.a.b=v ...]
+    python -m gembed.aot --config configs/prefinetune.py      # this host's devices
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from gembed.cli import startup, train
+
+
+def _gib(n: int) -> str:
+  return f"{n / 2 ** 30:.2f} GiB"
+
+
+def define_flags(argv: list[str] = ()):
+  """The AOT check's flags on a fresh FlagValues: --config (+ --config.a.b=v), --topology,
+  --json, -v."""
+  from absl import flags
+
+  flag_values = flags.FlagValues()
+  train.config_flag(flag_values, argv)
+  flags.DEFINE_string("topology", None, "TPU slice, e.g. v5e:4x4; default: local devices",
+                      flag_values=flag_values)
+  flags.DEFINE_bool("json", False, "print the report as JSON", flag_values=flag_values)
+  flags.DEFINE_bool("verbose", False, "show everything (debug logging, start-up lines)",
+                    short_name="v", flag_values=flag_values)
+  return flag_values
+
+
+def run(argv: list[str]) -> int:
+  flag_values = define_flags(argv)
+  if not train.parse(flag_values, argv):
+    return 2
+  config = flag_values["config"].value
+  if config is None:
+    print(f"{argv[0]}: --config is required", file=sys.stderr)
+    return 2
+  startup.configure(flag_values.verbose)
+  import jax
+
+  from gembed import sharding
+  from gembed.tools.aot import compile_train_step, memory_report, topology_devices
+  try:
+    devices = topology_devices(flag_values.topology) if flag_values.topology else jax.devices()
+    compiled, model_config = compile_train_step(config, devices)
+  except (ValueError, RuntimeError) as e:
+    print(f"{argv[0]}: error: {e}", file=sys.stderr)
+    return 1
+  report = memory_report(compiled)
+  report.update(devices=len(devices), device_kind=devices[0].device_kind,
+                mesh=list(sharding.mesh_shape(config.mesh.shape, len(devices))),
+                global_batch=config.data.global_batch_size,
+                grad_cache=bool(config.train.grad_cache), ring=bool(config.loss.ring))
+  if flag_values.json:
+    print(json.dumps(report, indent=2))
+  else:
+    print(f"{report['device_kind']} x {report['devices']}, mesh (data, fsdp, tensor) = "
+          f"{tuple(report['mesh'])}, global batch {report['global_batch']}, "
+          f"{model_config.family} {model_config.num_layers} layers x {model_config.hidden_size}")
+    for name in ("argument", "output", "alias", "temp", "generated_code", "peak_estimate"):
+      print(f"  {name:>15}: {_gib(report[name])} per device")
+  return 0
+

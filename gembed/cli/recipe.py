@@ -1,0 +1,39 @@
+"""`gembed recipe` and `gembed bench quality`: the recipe config's absl / ml_collections flags,
+like `gembed train` (`--config configs/recipe.py[:tiny]`, `--workdir`, `--config.a.b=v`, `-v`).
+
+    gembed recipe --config configs/recipe.py --workdir runs/recipe [--config.data_dir=...]
+    gembed bench quality --config configs/recipe.py --workdir runs/quality [--config.a.b=v ...]
+"""
+
+from __future__ import annotations
+
+import sys
+
+from gembed.cli import startup, train
+
+
+def add_parsers(sub) -> None:
+  sub.add_parser("recipe", help="the whole recipe: gembed recipe --config configs/recipe.py "
+                 "--workdir DIR [--config.a.b=v ...] [-v] (stage 1 -> mined negatives -> "
+                 "ingredients -> greedy soup -> held-out evaluation -> report)")
+
+
+def run(argv: list[str], command: str) -> int:
+  """`command`: "recipe" (gembed.recipe.run) or "quality" (gembed.tools.bench.quality.run)."""
+  flag_values = train.define_flags(argv)
+  if not train.parse(flag_values, argv):
+    return 2
+  config, workdir = flag_values["config"].value, flag_values.workdir
+  if config is None or not workdir:
+    print(f"{argv[0]}: --config and --workdir are required", file=sys.stderr)
+    return 2
+  startup.configure(flag_values.verbose)
+  from gembed import recipe
+  from gembed.textio import InputError
+  from gembed.tools.bench import quality
+  try:
+    (recipe.run if command == "recipe" else quality.run)(config, workdir)
+  except (InputError, FileNotFoundError, ValueError) as e:
+    print(f"{argv[0]}: error: {e}", file=sys.stderr)
+    return 1
+  return 0

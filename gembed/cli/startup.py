@@ -1,0 +1,75 @@
+"""Quiet start-up, set by the entry points before TensorFlow or JAX is imported.
+
+At default verbosity a command prints its own progress and results, not the start-up lines of
+TensorFlow, XLA or absl: their C++ logging reads TF_CPP_MIN_LOG_LEVEL once, when loaded, and
+TensorFlow's import writes its oneDNN and CUDA notices to stderr before absl's logging is even
+initialised, past any level; so the first import of TensorFlow runs with the process's stderr
+(file descriptor 2) sent to /dev/null. Python loggers that only announce backends and plugins
+are raised to WARNING or ERROR. With `-v` none of this happens and everything is logged at DEBUG.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.abc
+import logging
+import os
+import sys
+
+QUIET_ENVIRONMENT = {"TF_CPP_MIN_LOG_LEVEL": "3"}  # TensorFlow's and XLA's C++ logs
+QUIET_LOGGERS = {"absl": logging.WARNING, "jax": logging.WARNING, "tensorboardX": logging.WARNING,
+                 "jax._src.xla_bridge": logging.ERROR}  # backend probing ("no GPU found")
+SILENT_IMPORTS = ("tensorflow",)
+
+
+def configure(verbose: bool) -> None:
+  """Logging for a command; at default verbosity, also the quiet start-up above."""
+  logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                      format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  if verbose:
+    return
+  for name, value in QUIET_ENVIRONMENT.items():
+    os.environ.setdefault(name, value)
+  for name, level in QUIET_LOGGERS.items():
+    logging.getLogger(name).setLevel(level)
+  if not any(isinstance(f, _SilentImport) for f in sys.meta_path):
+    sys.meta_path.insert(0, _SilentImport(SILENT_IMPORTS))
+
+
+@contextlib.contextmanager
+def _stderr_to_devnull():
+  sys.stderr.flush()
+  saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+  try:
+    os.dup2(devnull, 2)
+    yield
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(devnull)
+
+
+class _SilentImport(importlib.abc.MetaPathFinder):
+  """Runs the first import of each named module with stderr sent to /dev/null."""
+
+  def __init__(self, names):
+    self.names = set(names)
+
+  def find_spec(self, fullname, path, target=None):
+    if fullname not in self.names:
+      return None
+    self.names.discard(fullname)
+    for finder in sys.meta_path:
+      spec = None if finder is self else finder.find_spec(fullname, path, target)
+      if spec is not None:
+        break
+    else:
+      return None
+    if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+      exec_module = spec.loader.exec_module
+
+      def silent_exec_module(module):
+        with _stderr_to_devnull():
+          exec_module(module)
+      spec.loader.exec_module = silent_exec_module
+    return spec

@@ -1,0 +1,110 @@
+"""The one-task-per-step mixture: per-task rates, a stateless seeded draw of the task of every
+step (all hosts agree; resumed iterators continue exactly), and the endless stream of host
+batches, each global batch from one task.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from gembed.data.batching import batch_task
+from gembed.data.sources import TaskSpec
+from gembed.data.tasks import register_task
+
+log = logging.getLogger(__name__)
+
+
+def mixture_rates(sizes, specs: list[TaskSpec], rule: str, temperature: float = 1.0) -> np.ndarray:
+  """Per-task sampling rates: explicit, or proportional to size or size**(1/temperature) times
+  each task's weight; normalised to sum 1."""
+  sizes = np.asarray(sizes, np.float64)
+  if rule == "explicit":
+    if any(s.rate is None for s in specs):
+      raise ValueError("data.mixing = 'explicit' needs a rate for every task")
+    rates = np.asarray([s.rate for s in specs], np.float64)
+  elif rule in ("proportional", "temperature"):
+    exponent = 1.0 if rule == "proportional" else 1.0 / temperature
+    rates = sizes ** exponent * np.asarray([s.weight for s in specs], np.float64)
+  else:
+    raise ValueError(f"data.mixing {rule!r}: use proportional, temperature or explicit")
+  return rates / rates.sum()
+
+
+def task_choices(rates: np.ndarray, seed: int):
+  """Dataset of task indices, one per step: a stateless draw keyed by (seed, step)."""
+  logits = tf.math.log(tf.constant(rates, tf.float32))[None, :]
+  return tf.data.Dataset.range(2**62).map(
+      lambda step: tf.cast(tf.random.stateless_categorical(
+          logits, 1, seed=tf.stack([tf.constant(seed, tf.int64), step]))[0, 0], tf.int64))
+
+
+def make_mixture(tasks: list[seqio.Task], rates: np.ndarray, *, host_batch_size: int, seed: int,
+                 shard_index: int, num_shards: int, shuffle_buffer: int, query_length: int,
+                 document_length: int, num_negatives: int, pad_id: int,
+                 length_buckets: tuple[int, ...] = ()):
+  """Endless stream of host batches, each global batch from one task.
+
+  Examples are shuffled here, after preprocessing, with a seeded buffer (what SeqIO's own
+  `shuffle=True` does). Asking SeqIO to shuffle would also make it warn that an uncached
+  FunctionDataSource shuffles poorly on restarts; that does not apply: the rows are read in full
+  and every host's iterator position is checkpointed, so a restart continues the same stream.
+  """
+  per_task = []
+  for i, task in enumerate(tasks):
+    ds = task.get_dataset(
+        sequence_length=None, split="train", shuffle=False, num_epochs=None,
+        shard_info=seqio.ShardInfo(index=shard_index, num_shards=num_shards),
+        seed=seed + 1000 * i, use_cached=False, trim_output_features=False)
+    # The stream repeats before the shuffle, so one seeded order runs on forever; every iterator
+    # of this dataset starts it alike (a resume may build several before one restores).
+    ds = ds.shuffle(shuffle_buffer, seed=seed + 1000 * i, reshuffle_each_iteration=False)
+    per_task.append(batch_task(ds, batch_size=host_batch_size, query_length=query_length,
+                               document_length=document_length, num_negatives=num_negatives,
+                               pad_id=pad_id, length_buckets=length_buckets))
+  ds = tf.data.Dataset.choose_from_datasets(per_task, task_choices(rates, seed),
+                                            stop_on_empty_dataset=True)
+  ds = tf.data.Dataset.zip((task_choices(rates, seed), ds)).map(
+      lambda task_index, batch: dict(batch, task_index=task_index))
+  options = tf.data.Options()
+  # The tokenizer runs in tf.py_function; it is stateless, so the iterator checkpoint is exact.
+  options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
+  options.deterministic = True
+  return ds.with_options(options).prefetch(2)
+
+
+def from_config(config, tokenizer_file: str, process_index: int = 0, process_count: int = 1):
+  """(task specs, rates, this host's batch stream) of a training config's data and prompts."""
+  d, seed = config.data, config.train.seed
+  if not d.tasks:
+    raise ValueError("config.data.tasks is empty: name at least one training dataset")
+  specs = [TaskSpec(name=t.name, files=tuple(os.path.join(d.dir, f) for f in t.files),
+                    prompt_task=t.prompt_task, rate=t.rate or None, weight=t.weight,
+                    source=t.source,
+                    tfds_name=t.tfds_name, tfds_data_dir=t.tfds_data_dir, split=t.split, seed=seed)
+           for t in d.tasks]
+  tasks = [register_task(
+      s, tokenizer_file=tokenizer_file, query_length=d.query_length,
+      document_length=d.document_length, num_negatives=d.num_negatives,
+      query_prompt=config.prompts.query, document_format=config.prompts.document,
+      skip_bad_rows=d.skip_bad_rows, task_dropout=config.prompts.task_dropout) for s in specs]
+  rates = mixture_rates([t.num_rows for t in tasks], specs, d.mixing, d.mixing_temperature)
+  if d.length_buckets and process_count > 1:
+    raise ValueError("data.length_buckets cuts each host's batch on its own; with several hosts "
+                     "use static lengths (data.length_buckets = ())")
+  if d.global_batch_size % process_count:
+    raise ValueError(f"data.global_batch_size {d.global_batch_size} is not divisible by "
+                     f"{process_count} hosts")
+  dataset = make_mixture(
+      tasks, rates, host_batch_size=d.global_batch_size // process_count, seed=seed,
+      shard_index=process_index, num_shards=process_count, shuffle_buffer=d.shuffle_buffer,
+      query_length=d.query_length, document_length=d.document_length,
+      num_negatives=d.num_negatives, pad_id=tasks[0].output_features["query"].vocabulary.pad_id,
+      length_buckets=tuple(d.length_buckets))
+  log.info("mixture: %s", ", ".join(f"{s.name}={r:.3f} ({t.num_rows} rows)"
+                                     for s, r, t in zip(specs, rates, tasks)))
+  return specs, rates, dataset

@@ -1,0 +1,58 @@
+"""One SeqIO task per training dataset: its source, the model's vocabulary for every text
+feature, and the preprocessors (gembed.data.preprocessors).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import seqio
+import tensorflow as tf
+
+from gembed.data import preprocessors
+from gembed.data.sources import TaskSpec, task_source
+from gembed.data.vocabulary import HfTokenizerVocabulary
+
+log = logging.getLogger(__name__)
+
+
+def register_task(spec: TaskSpec, *, tokenizer_file: str, query_length: int, document_length: int,
+                  num_negatives: int, query_prompt: str, document_format: str,
+                  skip_bad_rows: bool = False, task_dropout: float = 0.0) -> seqio.Task:
+  """Registers (or re-registers) `spec` as a SeqIO task and returns it."""
+  make_dataset, num_rows, skipped = task_source(spec, num_negatives, skip_bad_rows)
+  log.info("task %s: %d rows from %s (%d malformed rows skipped)", spec.name, num_rows,
+           ", ".join(spec.files) or spec.tfds_name, skipped)
+
+  def dataset_fn(split, shuffle_files, seed=None):
+    del split, shuffle_files, seed  # one split; examples are shuffled by the mixture
+    return make_dataset()
+
+  query_vocab = HfTokenizerVocabulary(tokenizer_file, query_length)
+  doc_vocab = HfTokenizerVocabulary(tokenizer_file, document_length)
+  output_features = {
+      name: seqio.Feature(query_vocab if name == "query" else doc_vocab, add_eos=False,
+                          dtype=tf.int32)
+      for name in preprocessors.text_features(num_negatives)
+  }
+  rename = {f"{name}": f"{name}_text" for name in preprocessors.text_features(num_negatives)}
+  steps = [
+      functools.partial(preprocessors.apply_prompts, query_prompt=query_prompt,
+                        document_format=document_format, prompt_task=spec.prompt_task,
+                        num_negatives=num_negatives, task_dropout=task_dropout, seed=spec.seed),
+      preprocessors.identity_keys,
+      functools.partial(preprocessors.tokenize_formatted, rename=rename,
+                        output_features=output_features),
+      functools.partial(preprocessors.select_model_inputs, num_negatives=num_negatives),
+  ]
+  name = f"gembed.{spec.name}"
+  if name in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.remove(name)
+  task = seqio.Task(name, seqio.FunctionDataSource(dataset_fn, splits=["train"],
+                                                   num_input_examples={"train": num_rows}),
+                    output_features=output_features, preprocessors=steps)
+  seqio.TaskRegistry.add_provider(name, task)
+  task.num_rows = num_rows
+  task.skipped_rows = skipped
+  return task

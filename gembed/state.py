@@ -1,0 +1,95 @@
+"""The train state of a config: the run's model config, its initial parameters (pretrained
+encoder + head), sharded optimizer state, and the jitted, sharded, donating train step.
+
+The trainer, the AOT check (gembed.tools.aot) and the benchmarks build their state and step
+here, so they compile the same program.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from gembed import sharding
+from gembed.models import embedder
+from gembed.models.config import ModelConfig
+from gembed.steps import LossConfig, TrainState, train_step
+
+log = logging.getLogger(__name__)
+
+
+def model_config_for_run(init: ModelConfig, cfg) -> ModelConfig:
+  """The init checkpoint's architecture with this run's head and compute settings."""
+  projection_dim = cfg.projection_dim or init.projection_dim
+  return init.replace(projection_dim=projection_dim, projection_bias=cfg.projection_bias,
+                      projection_init=cfg.projection_init,
+                      dropout_rate=cfg.dropout_rate, compute_dtype=cfg.compute_dtype,
+                      remat=cfg.remat, remat_policy=cfg.remat_policy, scan_layers=cfg.scan_layers)
+
+
+def loss_dims(config, model_config: ModelConfig) -> tuple[int, ...]:
+  """The MRL dims a run trains (and its model directory records): the config's, else the full
+  width."""
+  return tuple(config.loss.mrl_dims) or (model_config.embedding_dim,)
+
+
+def initial_params(init_config: ModelConfig, init_params: dict, config: ModelConfig, rng) -> dict:
+  """Pretrained encoder (in this run's layer layout); a new randomly initialised projection head
+  unless the init has one."""
+  params = embedder.layer_layout(dict(init_params), config)
+  keep_head = (init_config.projection_dim == config.projection_dim
+               and init_config.projection_bias == config.projection_bias)
+  if config.projection_dim and not keep_head:
+    fresh = embedder.init_params(config, rng)
+    params["projection"] = jax.tree_util.tree_map(np.asarray, fresh["projection"])
+    log.info("new projection head %d -> %d", config.hidden_size, config.projection_dim)
+  elif not config.projection_dim:
+    params.pop("projection", None)
+  return params
+
+
+def optimizer_state_sharding(optimizer, abstract_params, param_sharding, mesh):
+  """Optimizer moments take their parameter's sharding; counts and scalars are replicated."""
+  return optax.tree_map_params(
+      optimizer, lambda _, s: s, jax.eval_shape(optimizer.init, abstract_params), param_sharding,
+      transform_non_params=lambda _: sharding.replicated(mesh))
+
+
+def init_train_state(params, optimizer, rng, mesh) -> TrainState:
+  """State for sharded params; step and RNG replicated."""
+  replicated = sharding.replicated(mesh)
+  param_sharding = jax.tree_util.tree_map(lambda x: x.sharding, params)
+  opt_sharding = optimizer_state_sharding(optimizer, params, param_sharding, mesh)
+  return TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), replicated), params=params,
+                    opt_state=jax.jit(optimizer.init, out_shardings=opt_sharding)(params),
+                    rng=jax.device_put(rng, replicated))
+
+
+def jit_train_step(config, model_config: ModelConfig, optimizer, schedule, state_sharding, mesh):
+  """The jitted, sharded, donating train step of a config (trainer and AOT check alike)."""
+  if config.train.grad_cache and config.data.global_batch_size % config.train.grad_cache_chunk:
+    raise ValueError(f"train.grad_cache_chunk {config.train.grad_cache_chunk} must divide "
+                     f"data.global_batch_size {config.data.global_batch_size}")
+  loss_config = LossConfig(temperature=config.loss.temperature,
+                           dims=loss_dims(config, model_config),
+                           weights=tuple(config.loss.mrl_weights),
+                           decoupled=config.loss.decoupled, ring=config.loss.ring,
+                           prefix_distill=config.loss.prefix_distill)
+  return jax.jit(
+      functools.partial(train_step, model_config=model_config, loss_config=loss_config,
+                        optimizer=optimizer, schedule=schedule,
+                        grad_cache_chunk=config.train.grad_cache_chunk if config.train.grad_cache else 0),
+      in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+      out_shardings=(state_sharding, sharding.replicated(mesh)),
+      donate_argnums=(0,))
+
+
+def place_params(params: dict, model_config: ModelConfig, mesh) -> dict:
+  """Host parameters onto the mesh, each sharded by its logical axes (sharding.py's rules)."""
+  return jax.device_put(
+      params, sharding.param_shardings(embedder.logical_axes(model_config), params, mesh))

@@ -1,0 +1,85 @@
+"""What the benchmarks share: their default data, reading rows, the model, and gembed's
+training setup (the trainer's own pieces, TensorFlow-free)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+DEFAULT_TEXTS = os.path.join("..", "shared", "data", "training", "medquad-pairs.jsonl")
+DEFAULT_TRIPLES = os.path.join("..", "shared", "data", "training", "snli-triples.jsonl")
+DEFAULT_PAIRS = os.path.join("..", "shared", "data", "training", "quora-pairs.jsonl")
+
+
+def read_rows(path: str, n: int) -> list[dict]:
+  from gembed.textio import iter_jsonl
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: pass --texts/--triples (JSONL with query/positive)")
+  rows = []
+  for _, row in iter_jsonl(path):
+    rows.append(row)
+    if len(rows) >= n:
+      break
+  return rows
+
+
+def model_dir(args) -> str:
+  from gembed.formats import modeldir
+  return modeldir.resolve_model_arg(args.model) if args.model else modeldir.default_model_dir()
+
+
+def train_setup(model_dir, rows, batch_size, max_length, dims, grad_cache_chunk=0):
+  """The trainer's own pieces (gembed.state): imported MiniLM + projection, sharded state, the
+  jitted step. TensorFlow-free: batches come from the `tokenizers` path, not SeqIO."""
+  import jax
+  import ml_collections
+
+  from gembed import flops, sharding
+  from gembed.formats import modeldir
+  from gembed.optim import make_optimizer
+  from gembed.state import init_train_state, initial_params, jit_train_step, place_params
+  from gembed.tokenizer import Tokenizer
+
+  info, params = modeldir.load_model(model_dir)
+  config = info.config.replace(projection_dim=dims[0], dropout_rate=0.1)
+  params = initial_params(info.config, params, config, jax.random.PRNGKey(0))
+  mesh = sharding.make_mesh("data")
+  optim = ml_collections.ConfigDict(dict(name="adamw", learning_rate=2e-5, warmup_steps=10,
+                                         total_steps=1000, decay="linear", end_factor=0.0,
+                                         weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-8, clip_norm=1.0))
+  optimizer, schedule = make_optimizer(optim)
+  state = init_train_state(place_params(params, config, mesh), optimizer, jax.random.PRNGKey(1),
+                           mesh)
+  run = ml_collections.ConfigDict({
+      "train": {"grad_cache": bool(grad_cache_chunk), "grad_cache_chunk": grad_cache_chunk or 1},
+      "data": {"global_batch_size": batch_size},
+      "loss": {"temperature": 0.05, "mrl_dims": tuple(dims), "mrl_weights": (),
+               "decoupled": False, "ring": False}})
+  step = jit_train_step(run, config, optimizer, schedule,
+                        jax.tree_util.tree_map(lambda x: x.sharding, state), mesh)
+  # The trainer's length buckets (configs/finetune.py): each batch is cut to the bucket of its
+  # longest query / document, as data.length_buckets does.
+  tok = Tokenizer(info.tokenizer_file, max_length, buckets=(16, 32, 64, 128))
+  batches = []
+  for start in range(0, len(rows) - batch_size + 1, batch_size):
+    chunk = rows[start:start + batch_size]
+    queries = tok.encode([r["query"] for r in chunk])[0]
+    positives = tok.encode([r["positive"] for r in chunk])[0]
+    negatives = tok.encode([r["negative"] for r in chunk])[0]
+    doc_length = tok.bucket(max(len(x) for x in positives + negatives))
+    q = tok.pad(queries)
+    p = tok.pad(positives, length=doc_length)
+    n = tok.pad(negatives, length=doc_length)
+    batches.append({
+        "query_ids": q.input_ids, "query_mask": q.attention_mask,
+        "positive_ids": p.input_ids, "positive_mask": p.attention_mask,
+        "negative_ids": n.input_ids[:, None], "negative_mask": n.attention_mask[:, None],
+        "negative_valid": np.ones((batch_size, 1), bool),
+        "query_key": np.arange(batch_size, dtype=np.int32) + start,
+        "positive_key": np.arange(batch_size, dtype=np.int32) + start + 10**6})
+  batches = [jax.device_put(b, sharding.batch_sharding(mesh)) for b in batches]
+  step_flops = [flops.train_flops_per_step(config, batch_size, b["query_ids"].shape[1],
+                                           b["positive_ids"].shape[1], 1) for b in batches]
+  peak = flops.peak_flops_per_device() * jax.device_count()
+  return state, step, batches, step_flops, peak

@@ -107,7 +107,7 @@ def test_recipe_runs_every_step_and_resumes(tmp_path, minilm_dir, caplog):
     assert f"| {name} |" in report
   assert (work / "report.png").exists()
   # The task weights of ingredient ft-b reached its trainer.
-  assert json.loads((work / "ft-b" / "config.json").read_text())["data"]["tasks"][0]["weight"] == 2.0
+  assert json.loads((work / "ft-b" / "config.json").read_text())["data"]["tasks"][0]["weight"] == 1.5
 
   caplog.clear()
   with caplog.at_level("INFO"):

@@ -55,7 +55,7 @@ def train_setup(model_dir, rows, batch_size, max_length, dims, grad_cache_chunk=
       "train": {"grad_cache": bool(grad_cache_chunk), "grad_cache_chunk": grad_cache_chunk or 1},
       "data": {"global_batch_size": batch_size},
       "loss": {"temperature": 0.05, "mrl_dims": tuple(dims), "mrl_weights": (),
-               "decoupled": False, "ring": False}})
+               "decoupled": False, "ring": False, "prefix_distill": 0.0}})
   step = jit_train_step(run, config, optimizer, schedule,
                         jax.tree_util.tree_map(lambda x: x.sharding, state), mesh)
   # The trainer's length buckets (configs/finetune.py): each batch is cut to the bucket of its

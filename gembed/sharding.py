@@ -8,6 +8,8 @@ cost nothing, so the same rules serve every preset.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 from typing import Sequence
 
@@ -99,9 +101,53 @@ def param_shardings(logical_specs, abstract_params, mesh: Mesh, rules=LOGICAL_AX
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Leading (batch) dimension over data and fsdp; everything else replicated."""
-  return NamedSharding(mesh, P(("data", "fsdp")))
+  """The leading dimension on the mesh axes of the logical "batch" axis; the rest replicated."""
+  return NamedSharding(mesh, nn.logical_to_mesh_axes(("batch",), LOGICAL_AXIS_RULES))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
+
+
+# The rules activations are constrained by, set only while a train step is traced. Kept apart
+# from flax's global rules on purpose: under those, flax's DenseGeneral constrains its flattened
+# kernel with the unflattened axis names and fails; parameters get their layout from the step's
+# in/out shardings instead.
+_ACTIVATION_RULES = contextvars.ContextVar("gembed_activation_rules", default=None)
+
+
+def constrain(x, logical_axes: tuple):
+  """An activation pinned to the mesh layout of its logical axes while a step is traced under
+  `step_context`; unchanged elsewhere (encoding, evaluation, init)."""
+  rules = _ACTIVATION_RULES.get()
+  return x if rules is None else nn.with_logical_constraint(x, logical_axes, rules=rules)
+
+
+@contextlib.contextmanager
+def step_context(mesh: Mesh):
+  """Where a train step is traced (called or lowered): under the mesh (the ring loss's
+  shard_map reads it) and the logical-axis rules, so every `constrain` in the models takes
+  effect (hidden states stay batch-sharded over data x fsdp). Without it XLA guesses the
+  activation layouts."""
+  token = _ACTIVATION_RULES.set(LOGICAL_AXIS_RULES)
+  try:
+    with jax.set_mesh(mesh):
+      yield
+  finally:
+    _ACTIVATION_RULES.reset(token)
+
+
+class StepUnderRules:
+  """A jitted step that is always called and lowered inside `step_context(mesh)`, so no caller
+  can trace it without the rules (the trainer, the AOT check and the benchmarks share it)."""
+
+  def __init__(self, jitted, mesh: Mesh):
+    self.jitted, self.mesh = jitted, mesh
+
+  def __call__(self, *args):
+    with step_context(self.mesh):
+      return self.jitted(*args)
+
+  def lower(self, *args):
+    with step_context(self.mesh):
+      return self.jitted.lower(*args)

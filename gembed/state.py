@@ -60,18 +60,41 @@ def optimizer_state_sharding(optimizer, abstract_params, param_sharding, mesh):
       transform_non_params=lambda _: sharding.replicated(mesh))
 
 
-def init_train_state(params, optimizer, rng, mesh) -> TrainState:
-  """State for sharded params; step and RNG replicated."""
+def abstract_train_state(model_config: ModelConfig, optimizer, mesh) -> TrainState:
+  """The train state as ShapeDtypeStructs carrying their shardings: the one path the trainer,
+  the AOT check and the benchmarks take (jax.eval_shape of the initialisers -> the models'
+  logical partition specs -> mesh shardings by sharding.py's rules). Nothing is allocated."""
+  params = jax.eval_shape(lambda: embedder.init_params(model_config, jax.random.PRNGKey(0)))
+  param_sharding = sharding.param_shardings(embedder.logical_axes(model_config), params, mesh)
   replicated = sharding.replicated(mesh)
-  param_sharding = jax.tree_util.tree_map(lambda x: x.sharding, params)
-  opt_sharding = optimizer_state_sharding(optimizer, params, param_sharding, mesh)
-  return TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), replicated), params=params,
-                    opt_state=jax.jit(optimizer.init, out_shardings=opt_sharding)(params),
-                    rng=jax.device_put(rng, replicated))
+  shardings = TrainState(
+      step=replicated, params=param_sharding,
+      opt_state=optimizer_state_sharding(optimizer, params, param_sharding, mesh), rng=replicated)
+  shapes = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
+                      opt_state=jax.eval_shape(optimizer.init, params),
+                      rng=jax.eval_shape(lambda: jax.random.PRNGKey(0)))
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      shapes, shardings)
 
 
-def jit_train_step(config, model_config: ModelConfig, optimizer, schedule, state_sharding, mesh):
-  """The jitted, sharded, donating train step of a config (trainer and AOT check alike)."""
+def shardings_of(abstract: TrainState) -> TrainState:
+  return jax.tree.map(lambda x: x.sharding, abstract)
+
+
+def init_train_state(params, optimizer, rng, abstract: TrainState) -> TrainState:
+  """Host parameters and an RNG placed on the abstract state's shardings; the optimizer state
+  initialised on the devices by a jit with those shardings as out_shardings."""
+  shardings = shardings_of(abstract)
+  params = jax.device_put(params, shardings.params)
+  return TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), shardings.step), params=params,
+                    opt_state=jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params),
+                    rng=jax.device_put(rng, shardings.rng))
+
+
+def jit_train_step(config, model_config: ModelConfig, optimizer, schedule, abstract: TrainState,
+                   mesh):
+  """The jitted, sharded, donating train step of a config (trainer, AOT check and benchmarks
+  alike), traced under the mesh and the logical-axis rules (sharding.step_context)."""
   if config.train.grad_cache and config.data.global_batch_size % config.train.grad_cache_chunk:
     raise ValueError(f"train.grad_cache_chunk {config.train.grad_cache_chunk} must divide "
                      f"data.global_batch_size {config.data.global_batch_size}")
@@ -80,16 +103,10 @@ def jit_train_step(config, model_config: ModelConfig, optimizer, schedule, state
                            weights=tuple(config.loss.mrl_weights),
                            decoupled=config.loss.decoupled, ring=config.loss.ring,
                            prefix_distill=config.loss.prefix_distill)
-  return jax.jit(
+  return sharding.StepUnderRules(jax.jit(
       functools.partial(train_step, model_config=model_config, loss_config=loss_config,
                         optimizer=optimizer, schedule=schedule,
                         grad_cache_chunk=config.train.grad_cache_chunk if config.train.grad_cache else 0),
-      in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
-      out_shardings=(state_sharding, sharding.replicated(mesh)),
-      donate_argnums=(0,))
-
-
-def place_params(params: dict, model_config: ModelConfig, mesh) -> dict:
-  """Host parameters onto the mesh, each sharded by its logical axes (sharding.py's rules)."""
-  return jax.device_put(
-      params, sharding.param_shardings(embedder.logical_axes(model_config), params, mesh))
+      in_shardings=(shardings_of(abstract), sharding.batch_sharding(mesh)),
+      out_shardings=(shardings_of(abstract), sharding.replicated(mesh)),
+      donate_argnums=(0,)), mesh)

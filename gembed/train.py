@@ -34,8 +34,8 @@ from etils import epath
 from gembed import checkpoint, flops, sharding
 from gembed.formats import modeldir
 from gembed.optim import make_optimizer
-from gembed.state import (init_train_state, initial_params, jit_train_step, loss_dims,
-                          model_config_for_run, place_params)
+from gembed.state import (abstract_train_state, init_train_state, initial_params, jit_train_step,
+                          loss_dims, model_config_for_run)
 from gembed.writers import MetricWriter
 
 log = logging.getLogger(__name__)
@@ -83,8 +83,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # Mesh, sharded state and this host's data.
   mesh = sharding.make_mesh(config.mesh.shape)
   optimizer, schedule = make_optimizer(config.optim)
-  state = init_train_state(place_params(params, model_config, mesh), optimizer, state_rng, mesh)
-  state_sharding = jax.tree_util.tree_map(lambda x: x.sharding, state)
+  abstract = abstract_train_state(model_config, optimizer, mesh)
+  state = init_train_state(params, optimizer, state_rng, abstract)
   specs, _, dataset = mixture.from_config(config, info.tokenizer_file, jax.process_index(),
                                           jax.process_count())
   iterator = None
@@ -97,7 +97,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # Resume (the order is in the module docstring).
   manager = checkpoint.make_manager(workdir, config.ckpt.keep, config.ckpt.async_save,
                                     {"data": DataIteratorHandler()})
-  abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
 
   def restore_args():
     nonlocal iterator
@@ -119,7 +118,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     start, iterator = 0, iter(dataset)
 
   batch_sharding = sharding.batch_sharding(mesh)
-  step_fn = jit_train_step(config, model_config, optimizer, schedule, state_sharding, mesh)
+  step_fn = jit_train_step(config, model_config, optimizer, schedule, abstract, mesh)
 
   def save(step: int):
     manager.save(step, force=True, args=ocp.args.Composite(
@@ -155,8 +154,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       window_tokens += d.global_batch_size * (query_len + (1 + d.num_negatives) * doc_len)
       batch = {k: jax.make_array_from_process_local_data(batch_sharding, v)
                for k, v in host_batch.items()}
-      with jax.set_mesh(mesh):  # the ring loss's shard_map reads the mesh from here
-        state, metrics = step_fn(state, batch)
+      state, metrics = step_fn(state, batch)
       done = step + 1
       bar.update(1)
       will_save = done % config.ckpt.every == 0 or done == total or preemption.requested

@@ -5,6 +5,7 @@ normalises each update to about lr, so a parameter whose true gradient is ~0 can
 way when the sharded sum rounds differently (measured: 1.7e-5 at lr 2e-5 on a 2x4 mesh)."""
 
 import functools
+import re
 
 import chex
 import jax
@@ -14,15 +15,24 @@ import pytest
 from gembed import sharding
 from gembed.models import embedder
 from gembed.optim import make_optimizer
-from gembed.state import init_train_state
-from gembed.steps import LossConfig, loss_fn, train_step
+from gembed.state import abstract_train_state, init_train_state, jit_train_step
+from gembed.steps import LossConfig, loss_fn
+from gembed.tools.aot import abstract_batch
 from tiny import TINY, random_batch
 
 CONFIG = TINY.replace(projection_dim=24)
 LOSS = LossConfig(temperature=0.05, dims=(24, 12, 6))
-
-
 LEARNING_RATE = 2e-5
+
+
+def _run_config(batch=8, num_negatives=2):
+  """The keys of a run config that the step reads (gembed.state.jit_train_step)."""
+  return ml_collections.ConfigDict({
+      "train": {"grad_cache": False, "grad_cache_chunk": 1},
+      "data": {"global_batch_size": batch, "query_length": 12, "document_length": 16,
+               "num_negatives": num_negatives},
+      "loss": {"temperature": LOSS.temperature, "mrl_dims": LOSS.dims, "mrl_weights": (),
+               "decoupled": False, "ring": False, "prefix_distill": 0.0}})
 
 
 def _optim():
@@ -33,21 +43,18 @@ def _optim():
 
 
 def _run(mesh):
-  params = embedder.init_params(CONFIG, jax.random.PRNGKey(0))
-  shardings = sharding.param_shardings(embedder.logical_axes(CONFIG), params, mesh)
-  params = jax.device_put(params, shardings)
+  """Loss, gradients, updated params and metrics of the trainer's own step (gembed.state)."""
   optimizer, schedule = _optim()
-  state = init_train_state(params, optimizer, jax.random.PRNGKey(1), mesh)
-  state_sharding = jax.tree_util.tree_map(lambda x: x.sharding, state)
+  abstract = abstract_train_state(CONFIG, optimizer, mesh)
+  state = init_train_state(embedder.init_params(CONFIG, jax.random.PRNGKey(0)), optimizer,
+                           jax.random.PRNGKey(1), abstract)
   batch = jax.device_put(random_batch(0), sharding.batch_sharding(mesh))
-  with mesh:
+  with sharding.step_context(mesh):
     grads_fn = jax.jit(jax.value_and_grad(functools.partial(loss_fn, model_config=CONFIG,
                                                             loss_config=LOSS), has_aux=True))
     (loss, _), grads = grads_fn(state.params, batch, None)
-    step = jax.jit(functools.partial(train_step, model_config=CONFIG, loss_config=LOSS,
-                                     optimizer=optimizer, schedule=schedule),
-                   in_shardings=(state_sharding, sharding.batch_sharding(mesh)))
-    new_state, metrics = step(state, batch)
+  step = jit_train_step(_run_config(), CONFIG, optimizer, schedule, abstract, mesh)
+  new_state, metrics = step(state, batch)
   return jax.device_get((loss, grads, new_state.params, metrics))
 
 
@@ -82,3 +89,59 @@ def test_mesh_presets_and_errors():
   assert sharding.mesh_shape("data_fsdp", 8) == (2, 4, 1)
   with pytest.raises(ValueError, match="does not divide"):
     sharding.mesh_shape((3, -1, 1), 8)
+
+
+# Compiled-step checks: what the logical-axis rules promise, read off the HLO XLA compiles.
+GLOBAL_BATCH = 16
+
+
+def _compiled_hlo(shape) -> str:
+  mesh = sharding.make_mesh(shape)
+  optimizer, schedule = _optim()
+  config = _run_config(batch=GLOBAL_BATCH, num_negatives=1)
+  abstract = abstract_train_state(CONFIG, optimizer, mesh)
+  step = jit_train_step(config, CONFIG, optimizer, schedule, abstract, mesh)
+  return step.lower(abstract, abstract_batch(config, mesh)).compile().as_text()
+
+
+def _all_gathers(hlo: str) -> list[tuple[str, tuple[int, ...]]]:
+  """(dtype, result shape) of every all-gather in compiled HLO text."""
+  found = re.findall(r"= (\w+)\[([\d,]*)\]\{[^}]*\} all-gather(?:-start)?\(", hlo)
+  return [(dtype, tuple(int(d) for d in dims.split(",") if d)) for dtype, dims in found]
+
+
+def _whole_activations(gathers) -> list:
+  """Gathered float arrays of rank >= 3 led by the global batch: the hidden states (or
+  attention heads) of every row, on every device."""
+  return [(dtype, shape) for dtype, shape in gathers
+          if dtype.startswith(("f", "bf")) and len(shape) >= 3 and shape[0] == GLOBAL_BATCH]
+
+
+@pytest.mark.parametrize("shape", [(8, 1, 1), (1, 8, 1), (4, 1, 2)], ids=["data", "fsdp", "data_tensor"])
+def test_compiled_step_keeps_activations_batch_sharded(shape):
+  hlo = _compiled_hlo(shape)
+  gathers = _all_gathers(hlo)
+  shapes = [shape for _, shape in gathers]
+  # In-batch negatives span the global batch: the pooled embeddings are all-gathered (XLA may
+  # gather them transposed)...
+  assert {(GLOBAL_BATCH, CONFIG.projection_dim), (CONFIG.projection_dim, GLOBAL_BATCH)} & set(shapes)
+  # ...but no layer's activations are: each device keeps its own rows through the encoder.
+  assert not _whole_activations(gathers), gathers
+  if shape[1] > 1:  # fsdp: weights are stored sharded and gathered where they are used
+    assert (CONFIG.hidden_size, CONFIG.intermediate_size) in shapes, shapes
+    assert (CONFIG.hidden_size, CONFIG.num_heads, CONFIG.head_dim) in shapes, shapes
+  if shape[2] > 1:  # tensor: row-parallel projections end in an all-reduce of partial sums
+    assert "all-reduce" in hlo
+
+
+def test_without_the_rules_fsdp_gathers_whole_activations():
+  """The check above can fail: traced under the fsdp mesh without the rules (the models'
+  constraints then do nothing), XLA all-gathers every row's attention heads."""
+  mesh = sharding.make_mesh((1, 8, 1))
+  optimizer, schedule = _optim()
+  config = _run_config(batch=GLOBAL_BATCH, num_negatives=1)
+  abstract = abstract_train_state(CONFIG, optimizer, mesh)
+  step = jit_train_step(config, CONFIG, optimizer, schedule, abstract, mesh)
+  with jax.set_mesh(mesh):  # the mesh alone, not sharding.step_context
+    hlo = step.jitted.lower(abstract, abstract_batch(config, mesh)).compile().as_text()
+  assert _whole_activations(_all_gathers(hlo))

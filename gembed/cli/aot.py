@@ -1,5 +1,6 @@
 """`python -m gembed.aot`: compile a config's train step for a TPU slice or this host's devices
-and print per-device memory (gembed.tools.aot).
+and print per-device memory, the step's FLOPs and the step time an MFU would mean
+(gembed.tools.aot).
 
     python -m gembed.aot --config configs/prefinetune.py --topology v5e:4x4 [--config.a.b=v ...]
     python -m gembed.aot --config configs/prefinetune.py      # this host's devices
@@ -19,13 +20,15 @@ def _gib(n: int) -> str:
 
 def define_flags(argv: list[str] = ()):
   """The AOT check's flags on a fresh FlagValues: --config (+ --config.a.b=v), --topology,
-  --json, -v."""
+  --mfu, --json, -v."""
   from absl import flags
 
   flag_values = flags.FlagValues()
   train.config_flag(flag_values, argv)
   flags.DEFINE_string("topology", None, "TPU slice, e.g. v5e:4x4; default: local devices",
                       flag_values=flag_values)
+  flags.DEFINE_float("mfu", 0.4, "report the step time this model FLOPs utilisation would mean",
+                     flag_values=flag_values)
   flags.DEFINE_bool("json", False, "print the report as JSON", flag_values=flag_values)
   flags.DEFINE_bool("verbose", False, "show everything (debug logging, start-up lines)",
                     short_name="v", flag_values=flag_values)
@@ -44,7 +47,7 @@ def run(argv: list[str]) -> int:
   import jax
 
   from gembed import sharding
-  from gembed.tools.aot import compile_train_step, memory_report, topology_devices
+  from gembed.tools.aot import compile_train_step, flops_report, memory_report, topology_devices
   try:
     devices = topology_devices(flag_values.topology) if flag_values.topology else jax.devices()
     compiled, model_config = compile_train_step(config, devices)
@@ -52,6 +55,7 @@ def run(argv: list[str]) -> int:
     print(f"{argv[0]}: error: {e}", file=sys.stderr)
     return 1
   report = memory_report(compiled)
+  report.update(flops_report(compiled, model_config, config, devices, flag_values.mfu))
   report.update(devices=len(devices), device_kind=devices[0].device_kind,
                 mesh=list(sharding.mesh_shape(config.mesh.shape, len(devices))),
                 global_batch=config.data.global_batch_size,
@@ -64,5 +68,10 @@ def run(argv: list[str]) -> int:
           f"{model_config.family} {model_config.num_layers} layers x {model_config.hidden_size}")
     for name in ("argument", "output", "alias", "temp", "generated_code", "peak_estimate"):
       print(f"  {name:>15}: {_gib(report[name])} per device")
+    print(f"  FLOPs per device and step: {report['xla_flops_per_device']:.3g} (XLA cost analysis), "
+          f"{report['model_flops_per_device']:.3g} (model matmuls, gembed.flops)")
+    if report["step_seconds_at_mfu"]:
+      print(f"  at {report['mfu']:.0%} MFU of {report['peak_flops_per_device']:.3g} FLOP/s per "
+            f"device: {report['step_seconds_at_mfu'] * 1e3:.1f} ms per step")
   return 0
 

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gembed import sharding
 from gembed.models.config import ModelConfig
 
 _INIT = nn.initializers.normal(stddev=0.02)
@@ -137,7 +138,7 @@ class EncoderLayer(nn.Module):
                    kernel_init=_dense_init(("mlp", "embed")), bias_init=_zeros(("embed",)),
                    name="mlp_out")(hidden)
     x = layer_norm(cfg.layer_norm_eps, name="mlp_norm")(x + dropout(out, deterministic=deterministic))
-    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    x = sharding.constrain(x, ("batch", "length", "embed"))
     return (x, None) if cfg.scan_layers else x  # nn.scan wants (carry, output)
 
 
@@ -161,7 +162,7 @@ class BertEncoder(nn.Module):
                          jnp.zeros_like(input_ids))
     x = layer_norm(cfg.layer_norm_eps, name="embed_norm")(x)
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    x = sharding.constrain(x, ("batch", "length", "embed"))
 
     # Bidirectional: every token sees every non-padding token.
     attention_bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0,

@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gembed import sharding
 from gembed.models.bert import _dense_init, _ones, _zeros, activation, attend, run_layers
 from gembed.models.config import ModelConfig
 
@@ -89,7 +90,7 @@ class DecoderLayer(nn.Module):
     gate = activation(cfg.hidden_act)(dense(cfg.intermediate_size, ("embed", "mlp"), "mlp_gate")(normed))
     up = dense(cfg.intermediate_size, ("embed", "mlp"), "mlp_up")(normed)
     x = x + dense(cfg.hidden_size, ("mlp", "embed"), "mlp_down")(gate * up)
-    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    x = sharding.constrain(x, ("batch", "length", "embed"))
     return (x, None) if cfg.scan_layers else x  # nn.scan wants (carry, output)
 
 

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gembed import sharding
 from gembed.models.bert import BertEncoder
 from gembed.models.decoder import DecoderEncoder
 from gembed.models.config import ModelConfig
@@ -48,7 +49,7 @@ class EmbeddingModel(nn.Module):
           bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("proj",)),
           name="projection",
       )(pooled)
-    return nn.with_logical_constraint(pooled.astype(jnp.float32), ("batch", "proj"))
+    return sharding.constrain(pooled.astype(jnp.float32), ("batch", "proj"))
 
 
 def _dummy_inputs():

@@ -11,14 +11,11 @@ that does not divide the batch, a ring loss without enough rows per device) surf
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
-from gembed import batch, sharding
+from gembed import batch, flops, sharding
 from gembed.formats import modeldir
-from gembed.models import embedder
 from gembed.optim import make_optimizer
-from gembed.state import jit_train_step, model_config_for_run, optimizer_state_sharding
-from gembed.steps import TrainState
+from gembed.state import abstract_train_state, jit_train_step, model_config_for_run
 
 
 def abstract_batch(config, mesh) -> dict:
@@ -35,22 +32,10 @@ def compile_train_step(config, devices=None):
   model_config = model_config_for_run(
       modeldir.read_model_config(modeldir.resolve_model_arg(config.model.init)), config.model)
   mesh = sharding.make_mesh(config.mesh.shape, devices)
-  params = jax.eval_shape(lambda: embedder.init_params(model_config, jax.random.PRNGKey(0)))
-  param_sharding = sharding.param_shardings(embedder.logical_axes(model_config), params, mesh)
   optimizer, schedule = make_optimizer(config.optim)
-  replicated = sharding.replicated(mesh)
-  state_sharding = TrainState(
-      step=replicated, params=param_sharding,
-      opt_state=optimizer_state_sharding(optimizer, params, param_sharding, mesh), rng=replicated)
-  abstract_state = TrainState(
-      step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
-      opt_state=jax.eval_shape(optimizer.init, params),
-      rng=jax.eval_shape(lambda: jax.random.PRNGKey(0)))
-  abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                                abstract_state, state_sharding)
-  step = jit_train_step(config, model_config, optimizer, schedule, state_sharding, mesh)
-  with jax.set_mesh(mesh):
-    compiled = step.lower(abstract_state, abstract_batch(config, mesh)).compile()
+  abstract = abstract_train_state(model_config, optimizer, mesh)
+  step = jit_train_step(config, model_config, optimizer, schedule, abstract, mesh)
+  compiled = step.lower(abstract, abstract_batch(config, mesh)).compile()
   return compiled, model_config
 
 
@@ -63,6 +48,23 @@ def memory_report(compiled) -> dict:
   report["peak_estimate"] = (report["argument"] + report["output"] - report["alias"]
                              + report["temp"])
   return report
+
+
+def flops_report(compiled, model_config, config, devices, mfu: float = 0.4) -> dict:
+  """The step's FLOPs two ways, side by side: XLA's cost analysis of the compiled program (per
+  device, everything it executes) and gembed.flops's matmul count (the MFU numerator); and the
+  step time that `mfu` of the devices' peak would mean (no peak known: None)."""
+  d = config.data
+  model_flops = flops.train_flops_per_step(model_config, d.global_batch_size, d.query_length,
+                                           d.document_length, d.num_negatives)
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  peak = next((v for k, v in flops.PEAK_FLOPS.items() if devices[0].device_kind.startswith(k)),
+              config.train.peak_flops_per_device or None)
+  return {"xla_flops_per_device": float(cost.get("flops", 0.0)),
+          "model_flops_per_device": model_flops / len(devices),
+          "peak_flops_per_device": peak, "mfu": mfu,
+          "step_seconds_at_mfu": model_flops / (mfu * peak * len(devices)) if peak else None}
 
 
 def topology_devices(name: str):

@@ -38,7 +38,7 @@ def train_setup(model_dir, rows, batch_size, max_length, dims, grad_cache_chunk=
   from gembed import flops, sharding
   from gembed.formats import modeldir
   from gembed.optim import make_optimizer
-  from gembed.state import init_train_state, initial_params, jit_train_step, place_params
+  from gembed.state import abstract_train_state, init_train_state, initial_params, jit_train_step
   from gembed.tokenizer import Tokenizer
 
   info, params = modeldir.load_model(model_dir)
@@ -49,15 +49,14 @@ def train_setup(model_dir, rows, batch_size, max_length, dims, grad_cache_chunk=
                                          total_steps=1000, decay="linear", end_factor=0.0,
                                          weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-8, clip_norm=1.0))
   optimizer, schedule = make_optimizer(optim)
-  state = init_train_state(place_params(params, config, mesh), optimizer, jax.random.PRNGKey(1),
-                           mesh)
+  abstract = abstract_train_state(config, optimizer, mesh)
+  state = init_train_state(params, optimizer, jax.random.PRNGKey(1), abstract)
   run = ml_collections.ConfigDict({
       "train": {"grad_cache": bool(grad_cache_chunk), "grad_cache_chunk": grad_cache_chunk or 1},
       "data": {"global_batch_size": batch_size},
       "loss": {"temperature": 0.05, "mrl_dims": tuple(dims), "mrl_weights": (),
                "decoupled": False, "ring": False, "prefix_distill": 0.0}})
-  step = jit_train_step(run, config, optimizer, schedule,
-                        jax.tree_util.tree_map(lambda x: x.sharding, state), mesh)
+  step = jit_train_step(run, config, optimizer, schedule, abstract, mesh)
   # The trainer's length buckets (configs/finetune.py): each batch is cut to the bucket of its
   # longest query / document, as data.length_buckets does.
   tok = Tokenizer(info.tokenizer_file, max_length, buckets=(16, 32, 64, 128))

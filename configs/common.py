@@ -122,7 +122,7 @@ def get_base_config():
   c.train.log_every = 10  # steps between logged metrics
   c.train.distributed = False  # jax.distributed.initialize() (multi-host TPU); set by launch/
   c.train.grad_cache = False  # GradCache: activation memory of one chunk, not the global batch
-  c.train.grad_cache_chunk = 32  # rows per GradCache chunk (divides the global batch)
+  c.train.grad_cache_chunk = 32  # rows per GradCache chunk (divides the global batch; a multiple of data x fsdp devices)
   c.train.peak_flops_per_device = 0.0  # for MFU; 0 = known table for TPU/GPU, measured on CPU
   c.train.compilation_cache = ""  # persistent XLA cache dir; "" = ~/.cache/gembed/xla, "off"
   c.train.tracker = ""  # "wandb" | "trackio": metrics there too (an extra); "" = TensorBoard only

@@ -98,6 +98,11 @@ def jit_train_step(config, model_config: ModelConfig, optimizer, schedule, abstr
   if config.train.grad_cache and config.data.global_batch_size % config.train.grad_cache_chunk:
     raise ValueError(f"train.grad_cache_chunk {config.train.grad_cache_chunk} must divide "
                      f"data.global_batch_size {config.data.global_batch_size}")
+  row_devices = mesh.shape["data"] * mesh.shape["fsdp"]  # the batch's mesh axes
+  if config.train.grad_cache and config.train.grad_cache_chunk % row_devices:
+    raise ValueError(f"train.grad_cache_chunk {config.train.grad_cache_chunk} must be a multiple "
+                     f"of the {row_devices} devices the batch is split over (mesh data x fsdp): "
+                     "each chunk's rows stay sharded like the batch")
   loss_config = LossConfig(temperature=config.loss.temperature,
                            dims=loss_dims(config, model_config),
                            weights=tuple(config.loss.mrl_weights),

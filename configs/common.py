@@ -121,6 +121,9 @@ def get_base_config():
   c.train.seed = 0  # parameter init, dropout and data order
   c.train.log_every = 10  # steps between logged metrics
   c.train.distributed = False  # jax.distributed.initialize() (multi-host TPU); set by launch/
+  c.train.coordinator_address = ""  # "host:port" of process 0; "" = discovered (Cloud TPU)
+  c.train.num_processes = 0  # with coordinator_address: the number of processes (hosts)
+  c.train.process_id = 0  # with coordinator_address: this process's index
   c.train.grad_cache = False  # GradCache: activation memory of one chunk, not the global batch
   c.train.grad_cache_chunk = 32  # rows per GradCache chunk (divides the global batch; a multiple of data x fsdp devices)
   c.train.peak_flops_per_device = 0.0  # for MFU; 0 = known table for TPU/GPU, measured on CPU

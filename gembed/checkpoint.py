@@ -72,8 +72,16 @@ def save_params(path: str, params) -> None:
 
 
 def load_params(path: str) -> dict:
+  """Host numpy parameters, whatever topology saved them (a two-host or pod checkpoint reads
+  on one CPU): the restore target is the saved shapes on this process's first device."""
+  path = absolute(path)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  saved = ocp.StandardCheckpointHandler().metadata(epath.Path(path))  # the tree's metadata only
+  target = jax.tree_util.tree_map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved,
+      is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
   with ocp.StandardCheckpointer() as checkpointer:
-    restored = checkpointer.restore(absolute(path))
+    restored = checkpointer.restore(path, target)
   return jax.tree_util.tree_map(np.asarray, restored)
 
 

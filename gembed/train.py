@@ -62,10 +62,22 @@ def bucket_lengths(buckets, length: int) -> set[int]:
   return {min(b, length) for b in buckets} if buckets else {length}
 
 
+def join_hosts(train_config) -> None:
+  """Joins the multi-host job (`train.distributed`) before JAX touches a device. Cloud TPU VMs
+  discover the coordinator and process ids; elsewhere `train.coordinator_address`,
+  `train.num_processes` and `train.process_id` name them (CPU hosts talk over gloo)."""
+  if not train_config.distributed or jax.distributed.is_initialized():
+    return
+  if train_config.coordinator_address:
+    jax.distributed.initialize(train_config.coordinator_address, train_config.num_processes,
+                               train_config.process_id)
+  else:
+    jax.distributed.initialize()
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Runs (or resumes) one training stage; returns the last logged metrics and dev results."""
-  if config.train.distributed and jax.process_count() == 1:
-    jax.distributed.initialize()  # Cloud TPU VMs: coordinator and process ids are discovered
+  join_hosts(config.train)
   enable_compilation_cache(config.train.compilation_cache)
   from gembed.data import mixture
   from gembed.data.iterator_handler import (DataIteratorHandler, DataIteratorRestore,

@@ -93,3 +93,39 @@ def test_tpu_topology_compiles_where_libtpu_is_installed(tiny_init):
   pytest.importorskip("libtpu", reason="libtpu not installed (pip install 'gembed[tpu]')")
   compiled, _ = aot.compile_train_step(_config(tiny_init, 64), aot.topology_devices("v5e:2x2"))
   assert aot.memory_report(compiled)["temp"] > 0
+
+
+def _same_layout(got, want, shapes):
+  """Leaf by leaf: the same devices and the same split of every dimension."""
+  pairs = zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want),
+              jax.tree_util.tree_leaves(shapes))
+  return all(g.is_equivalent_to(w, len(s.shape)) for g, w, s in pairs)
+
+
+def test_trainer_aot_and_bench_use_one_state_layout(tiny_init):
+  """The trainer's state layout (gembed.state.abstract_train_state) is what the AOT check
+  compiles and what `gembed bench train` places its state on and compiles."""
+  from gembed import sharding
+  from gembed.optim import make_optimizer
+  from gembed.state import abstract_train_state, shardings_of
+  from gembed.tools.bench.common import train_setup
+
+  config = _config(tiny_init, 64, mesh="data_fsdp")
+  config.model.projection_bias = False
+  compiled, model_config = aot.compile_train_step(config)
+  abstract = abstract_train_state(model_config, make_optimizer(config.optim)[0],
+                                  sharding.make_mesh("data_fsdp"))
+  assert _same_layout(compiled.input_shardings[0][0], shardings_of(abstract), abstract)
+
+  # The benchmark: MiniLM's own head width and a data mesh; its parameters, placed and compiled.
+  from gembed.formats import modeldir
+  rows = [{"query": f"question {i}", "positive": f"answer {i}", "negative": f"other {i}"}
+          for i in range(32)]
+  state, step, batches, _, _ = train_setup(tiny_init, rows, 16, 32, [32, 16])
+  bench_config = modeldir.load_model(tiny_init)[0].config.replace(projection_dim=32)
+  want = abstract_train_state(bench_config, make_optimizer(config.optim)[0],
+                              sharding.make_mesh("data")).params
+  placed = jax.tree_util.tree_map(lambda x: x.sharding, state.params)
+  assert _same_layout(placed, shardings_of(want), want)
+  compiled_params = step.lower(state, batches[0]).compile().input_shardings[0][0].params
+  assert _same_layout(compiled_params, shardings_of(want), want)

@@ -92,7 +92,7 @@ def get_base_config():
   #                             () = always the full query_length / document_length
   c.data.num_negatives = 0  # hard-negative slots per row (0 for pairs)
   c.data.shuffle_buffer = 10_000  # examples in SeqIO's shuffle buffer
-  c.data.skip_bad_rows = False  # True: count and report malformed rows instead of failing
+  c.data.skip_bad_rows = False  # True: skip bad rows (named in WORKDIR/bad_rows.txt) instead of failing
 
   c.loss = ml_collections.ConfigDict()
   c.loss.temperature = 0.05  # tau of the NCE loss

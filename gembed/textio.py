@@ -23,36 +23,57 @@ def identity_key(text: str, ident: str = "") -> int:
   return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=4).digest()) & 0x7FFFFFFF
 
 
-def read_lines(path: str, raw: bytes | None = None) -> list[str]:
-  """UTF-8 lines of a file (without newline), with invalid UTF-8 reported by line. `raw`: the
-  file's bytes when they were read some other way (Beam's FileSystems for gs:// paths)."""
+def _lines(path: str, raw: bytes | None, bad: list[str] | None):
+  """(line number, UTF-8 text) of a file's lines; invalid UTF-8 is an error naming the line, or,
+  given a `bad` list, the line is named there and skipped."""
   if raw is None:
     with open(path, "rb") as f:
       raw = f.read()
   lines = raw.split(b"\n")
   if lines and lines[-1] == b"":
     lines.pop()
-  out = []
   for number, line in enumerate(lines, start=1):
     try:
-      out.append(line.decode("utf-8").rstrip("\r"))
+      yield number, line.decode("utf-8").rstrip("\r")
     except UnicodeDecodeError as e:
-      raise InputError(f"{path}:{number}: invalid UTF-8 ({e.reason} at byte {e.start})") from None
-  return out
+      problem = f"{path}:{number}: invalid UTF-8 ({e.reason} at byte {e.start})"
+      if bad is None:
+        raise InputError(problem) from None
+      bad.append(problem)
 
 
-def iter_jsonl(path: str, raw: bytes | None = None):
-  """Yields (line_number, object) for each non-blank line of a JSON Lines file."""
-  for number, line in enumerate(read_lines(path, raw), start=1):
+def read_lines(path: str, raw: bytes | None = None) -> list[str]:
+  """UTF-8 lines of a file (without newline), with invalid UTF-8 reported by line. `raw`: the
+  file's bytes when they were read some other way (Beam's FileSystems for gs:// paths)."""
+  return [line for _, line in _lines(path, raw, None)]
+
+
+def iter_jsonl(path: str, raw: bytes | None = None, bad: list[str] | None = None):
+  """Yields (line_number, object) for each non-blank line of a JSON Lines file. A line that is
+  not UTF-8, not JSON or not an object is an error naming file and line; given a `bad` list,
+  it is named there ("file:line: problem") and skipped instead."""
+  for number, line in _lines(path, raw, bad):
     if not line.strip():
       continue
     try:
       row = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise InputError(f"{path}:{number}: invalid JSON ({e.msg})") from None
-    if not isinstance(row, dict):
-      raise InputError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+      if not isinstance(row, dict):
+        raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+    except ValueError as e:  # json.JSONDecodeError is a ValueError
+      problem = f"{path}:{number}: " + (f"invalid JSON ({e.msg})"
+                                         if isinstance(e, json.JSONDecodeError) else str(e))
+      if bad is None:
+        raise InputError(problem) from None
+      bad.append(problem)
+      continue
     yield number, row
+
+
+def report_bad_rows(bad: list[str], paths: list[str], log) -> None:
+  """One warning: how many rows were skipped in which files, and the first three by name."""
+  if bad:
+    log.warning("skipped %d bad rows in %s: %s%s", len(bad), ", ".join(paths), "; ".join(bad[:3]),
+                "; ..." if len(bad) > 3 else "")
 
 
 def read_texts(path: str, field: str = "text") -> list[str]:

@@ -97,8 +97,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
   optimizer, schedule = make_optimizer(config.optim)
   abstract = abstract_train_state(model_config, optimizer, mesh)
   state = init_train_state(params, optimizer, state_rng, abstract)
-  specs, _, dataset = mixture.from_config(config, info.tokenizer_file, jax.process_index(),
-                                          jax.process_count())
+  specs, _, dataset, bad_rows = mixture.from_config(config, info.tokenizer_file,
+                                                    jax.process_index(), jax.process_count())
+  if bad_rows and jax.process_index() == 0:  # data.skip_bad_rows: every one, by file and line
+    with open(os.path.join(workdir, "bad_rows.txt"), "w", encoding="utf-8") as f:
+      f.write("".join(line + "\n" for line in bad_rows))
+    log.warning("%d bad rows skipped, all named in %s", len(bad_rows),
+                os.path.join(workdir, "bad_rows.txt"))
   iterator = None
   task_steps = np.zeros(len(specs), np.int64)
   step_shapes = set()  # (query length, document length) pairs compiled so far

@@ -107,22 +107,27 @@ def test_same_seed_same_stream_and_exact_restore(tmp_path, minilm):
   assert any(not np.array_equal(next(iter(other))["query_ids"], e["query_ids"]) for e in expected[:1])
 
 
-def test_bad_rows_error_or_count(tmp_path):
+def test_bad_rows_error_or_skipped_and_named(tmp_path):
   path = _write(tmp_path / "bad.jsonl", [{"query": "q", "positive": "p"}, {"query": "q2"},
                                          '{"query": "x", "positive": "y"', {"query": "q3", "positive": 7.5},
-                                         {"query": "q4", "positive": "p4", "negatives": ["n", ""]}])
+                                         {"query": "q4", "positive": "p4", "negatives": ["n", ""]},
+                                         '["a list"]', {"query": "q5", "positive": ""}])
+  with open(path, "ab") as f:
+    f.write(b'{"query": "caf\xe9", "positive": "p"}\n' + b'{"query": "q6", "positive": "p6"}\n')
   with pytest.raises(InputError, match=r"bad.jsonl:2: missing field 'positive'"):
     read_jsonl_rows([path], num_negatives=1)
-  clean = _write(tmp_path / "clean.jsonl", [{"query": "q", "positive": "p"}, {"query": "q2"}])
-  rows = read_jsonl_rows([clean], num_negatives=1, skip_bad_rows=True)
-  assert len(rows) == 1 and rows.skipped == 1
-  with pytest.raises(InputError, match=r"bad.jsonl:3: invalid JSON"):
-    read_jsonl_rows([path], num_negatives=1, skip_bad_rows=True)  # unparseable JSON always fails
-  only_fields = _write(tmp_path / "fields.jsonl", [{"query": "q", "positive": "p"},
-                                                   {"query": "q3", "positive": 7.5},
-                                                   {"query": "q4", "positive": "p4", "negatives": ["n", ""]}])
-  rows = read_jsonl_rows([only_fields], num_negatives=2, skip_bad_rows=True)
-  assert len(rows) == 1 and rows.skipped == 2
+  cut = _write(tmp_path / "cut.jsonl", [{"query": "q", "positive": "p"}, '{"query": "x"'])
+  with pytest.raises(InputError, match=r"cut.jsonl:2: invalid JSON"):
+    read_jsonl_rows([cut], num_negatives=1)
+  rows = read_jsonl_rows([path], num_negatives=2, skip_bad_rows=True)
+  assert rows.query.tolist() == ["q", "q6"]
+  problems = [line.split(": ", 1)[1] for line in rows.bad_rows]
+  assert [line.split(": ", 1)[0] for line in rows.bad_rows] == \
+      [f"{path}:{n}" for n in (2, 3, 4, 5, 6, 7, 8)]
+  assert problems[0] == "missing field 'positive'" and problems[1].startswith("invalid JSON")
+  assert "must be a string" in problems[2] and "negatives" in problems[3]
+  assert problems[4] == "expected a JSON object, got list" and problems[5] == "field 'positive' is empty"
+  assert problems[6].startswith("invalid UTF-8")
 
 
 def test_hard_negative_slots(tmp_path):

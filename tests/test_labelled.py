@@ -61,7 +61,8 @@ def test_bad_labelled_rows_name_file_and_line(tmp_path):
   with pytest.raises(InputError, match=r"bad.jsonl:2: field 'text' must be a non-empty string"):
     labelled.read_labelled_rows([path], "classification", num_negatives=0)
   rows = labelled.read_labelled_rows([path], "classification", num_negatives=0, skip_bad_rows=True)
-  assert rows.query.tolist() == ["fine", "ok"] and rows.skipped == 2
+  assert rows.query.tolist() == ["fine", "ok"]
+  assert [line.split(": ", 1)[0] for line in rows.bad_rows] == [f"{path}:2", f"{path}:3"]
   one = _write(tmp_path / "one.jsonl", [{"text": "x", "label": "a"}, {"text": "y", "label": "a"}])
   with pytest.raises(InputError, match="at least two labels"):
     labelled.read_labelled_rows([one], "clustering", num_negatives=1)

@@ -104,7 +104,7 @@ def _one_process_reference(config):
   state = init_train_state(params, optimizer, state_rng, abstract)
   step = jit_train_step(config, model_config, optimizer, schedule, abstract, mesh)
   sources = [mixture.from_config(config, init_info.tokenizer_file, i, 2) for i in range(2)]
-  specs, hosts = sources[0][0], [iter(dataset) for _, _, dataset in sources]
+  specs, hosts = sources[0][0], [iter(dataset) for _, _, dataset, _ in sources]
   task_steps = {spec.name: 0 for spec in specs}
   for _ in range(config.train.steps):
     batches = [{k: v.numpy() for k, v in next(host).items()} for host in hosts]

@@ -70,11 +70,21 @@ def test_train_smoke_workdir_is_a_model(setup, tmp_path):
   steps = json.loads((workdir / "task_steps.json").read_text())
   assert sum(steps.values()) == 6 and set(steps) == {"snli", "xnli"}
   assert any(f.startswith("events") for f in os.listdir(workdir / "tensorboard"))
-  # Stage 2 from stage 1: keeps the trained head, fresh optimizer, reads the workdir.
-  stage2 = _run(_args(tmp_path / "w2", str(workdir), data, steps=2))
+  # Stage 2 from stage 1: keeps the trained head, fresh optimizer, reads the workdir; its data
+  # has a cut line and a line of invalid UTF-8, skipped under data.skip_bad_rows and named.
+  bad_data = tmp_path / "bad-data"
+  shutil.copytree(data, bad_data)
+  with open(bad_data / "snli-triples.jsonl", "ab") as f:
+    f.write(b'{"query": "cut short", "posi\n{"query": "caf\xe9", "positive": "x"}\n')
+  stage2 = _run(_args(tmp_path / "w2", str(workdir), str(bad_data), steps=2,
+                      extra=["--config.data.skip_bad_rows=True"]))
   assert stage2.returncode == 0, stage2.stderr[-3000:]
   _, params2 = modeldir.load_model(str(tmp_path / "w2"))
   assert params2["projection"]["kernel"].shape == (32, 16)
+  named = (tmp_path / "w2" / "bad_rows.txt").read_text().splitlines()
+  assert [line.split(": ")[0].rsplit("/", 1)[1] for line in named] == \
+      ["snli-triples.jsonl:61", "snli-triples.jsonl:62"], named
+  assert "invalid JSON" in named[0] and "invalid UTF-8" in named[1]
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import logging
 import numpy as np
 
 from gembed.data.rows import Rows, read_jsonl_rows
-from gembed.textio import InputError, iter_jsonl
+from gembed.textio import InputError, iter_jsonl, report_bad_rows
 
 log = logging.getLogger(__name__)
 
@@ -40,23 +40,24 @@ def _labelled_row(row) -> tuple[str, str]:
   return text, str(label)
 
 
-def read_labelled(paths: list[str], skip_bad_rows: bool = False) -> tuple[list[str], list[str], int]:
-  """(texts, labels, skipped) of `{"text", "label"}` files; bad rows name file and line."""
-  texts, labels, skipped = [], [], 0
+def read_labelled(paths: list[str], skip_bad_rows: bool = False) -> tuple[list[str], list[str], list[str]]:
+  """(texts, labels, bad rows) of `{"text", "label"}` files; a bad row names file and line, and
+  is an error, or with `skip_bad_rows` skipped and listed."""
+  texts, labels = [], []
+  bad = [] if skip_bad_rows else None
   for path in paths:
-    for number, row in iter_jsonl(path):
+    for number, row in iter_jsonl(path, bad=bad):
       try:
         text, label = _labelled_row(row)
       except ValueError as e:
-        if not skip_bad_rows:
+        if bad is None:
           raise InputError(f"{path}:{number}: {e}") from None
-        skipped += 1
+        bad.append(f"{path}:{number}: {e}")
         continue
       texts.append(text)
       labels.append(label)
-  if skipped:
-    log.warning("skipped %d malformed rows in %s", skipped, ", ".join(paths))
-  return texts, labels, skipped
+  report_bad_rows(bad or [], paths, log)
+  return texts, labels, bad or []
 
 
 def labelled_rows(texts: list[str], labels: list[str], kind: str, num_negatives: int,
@@ -111,7 +112,7 @@ def labelled_rows(texts: list[str], labels: list[str], kind: str, num_negatives:
 def read_labelled_rows(paths: list[str], kind: str, num_negatives: int, seed: int = 0,
                        skip_bad_rows: bool = False) -> Rows:
   """The training rows of labelled files for the source kind `kind` (see the module doc)."""
-  texts, labels, skipped = read_labelled(paths, skip_bad_rows)
+  texts, labels, bad_rows = read_labelled(paths, skip_bad_rows)
   if len(set(labels)) < 2:
     raise InputError(f"{', '.join(paths)}: a {kind} source needs at least two labels, "
                      f"found {sorted(set(labels))}")
@@ -121,7 +122,7 @@ def read_labelled_rows(paths: list[str], kind: str, num_negatives: int, seed: in
                 ", ".join(paths), dropped)
   if not len(rows):
     raise InputError(f"{', '.join(paths)}: no {kind} training rows")
-  rows.skipped = skipped
+  rows.bad_rows = bad_rows
   return rows
 
 

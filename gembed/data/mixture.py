@@ -78,7 +78,8 @@ def make_mixture(tasks: list[seqio.Task], rates: np.ndarray, *, host_batch_size:
 
 
 def from_config(config, tokenizer_file: str, process_index: int = 0, process_count: int = 1):
-  """(task specs, rates, this host's batch stream) of a training config's data and prompts."""
+  """(task specs, rates, this host's batch stream, bad rows skipped as "file:line: problem")
+  of a training config's data and prompts."""
   d, seed = config.data, config.train.seed
   if not d.tasks:
     raise ValueError("config.data.tasks is empty: name at least one training dataset")
@@ -107,4 +108,4 @@ def from_config(config, tokenizer_file: str, process_index: int = 0, process_cou
       length_buckets=tuple(d.length_buckets))
   log.info("mixture: %s", ", ".join(f"{s.name}={r:.3f} ({t.num_rows} rows)"
                                      for s, r, t in zip(specs, rates, tasks)))
-  return specs, rates, dataset
+  return specs, rates, dataset, [line for t in tasks for line in t.bad_rows]

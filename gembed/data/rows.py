@@ -2,7 +2,8 @@
 
 A row: {"query": str, "positive": str, optional "negative": str or "negatives": [str],
 "title" (the positive's title), "task", "query_id", "positive_id"}. A malformed row is an
-error naming file, line and problem, or (with `skip_bad_rows`) counted and reported.
+error naming file, line and problem, or (with `skip_bad_rows`) skipped and named: every kind
+(invalid UTF-8 or JSON, not an object, a missing, empty or mistyped field) by "file:line: problem".
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 
 import numpy as np
 
-from gembed.textio import InputError, iter_jsonl
+from gembed.textio import InputError, iter_jsonl, report_bad_rows
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ class Rows:
   negative_valid: np.ndarray  # (N, K) bool
   query_id: np.ndarray  # '' when absent: the key then comes from the normalised text
   positive_id: np.ndarray
-  skipped: int = 0
+  bad_rows: list = dataclasses.field(default_factory=list)  # "file:line: problem", skipped
 
   def __len__(self):
     return len(self.query)
@@ -71,18 +72,19 @@ def read_jsonl_rows(paths: list[str], num_negatives: int, skip_bad_rows: bool = 
                     max_rows: int | None = None) -> Rows:
   """Reads and validates rows; keeps up to `num_negatives` hard negatives per row."""
   cols = {k: [] for k in ("query", "positive", "title", "query_id", "positive_id")}
-  negatives, valid, skipped = [], [], 0
+  negatives, valid = [], []
+  bad = [] if skip_bad_rows else None
   for path in paths:
-    for number, row in iter_jsonl(path):
+    for number, row in iter_jsonl(path, bad=bad):
       try:
         parsed = {"query": _string(row, "query", True), "positive": _string(row, "positive", True),
                   "title": _string(row, "title", False), "query_id": _string(row, "query_id", False),
                   "positive_id": _string(row, "positive_id", False)}
         negs = _negatives(row)[:num_negatives]
       except ValueError as e:
-        if not skip_bad_rows:
+        if bad is None:
           raise InputError(f"{path}:{number}: {e}") from None
-        skipped += 1
+        bad.append(f"{path}:{number}: {e}")
         continue
       for k, v in parsed.items():
         cols[k].append(v)
@@ -90,8 +92,7 @@ def read_jsonl_rows(paths: list[str], num_negatives: int, skip_bad_rows: bool = 
       valid.append([True] * len(negs) + [False] * (num_negatives - len(negs)))
       if max_rows and len(cols["query"]) >= max_rows:
         break
-  if skipped:
-    log.warning("skipped %d malformed rows in %s", skipped, ", ".join(paths))
+  report_bad_rows(bad or [], paths, log)
   if not cols["query"]:
     raise InputError(f"{', '.join(paths)}: no valid training rows")
   n = len(cols["query"])
@@ -99,4 +100,4 @@ def read_jsonl_rows(paths: list[str], num_negatives: int, skip_bad_rows: bool = 
       **{k: np.asarray(v, dtype=object) for k, v in cols.items()},
       negatives=np.asarray(negatives, dtype=object).reshape(n, num_negatives),
       negative_valid=np.asarray(valid, dtype=bool).reshape(n, num_negatives),
-      skipped=skipped)
+      bad_rows=bad or [])

@@ -64,12 +64,12 @@ def standardize_columns(ds, num_negatives: int, task_name: str):
 
 
 def task_source(spec: TaskSpec, num_negatives: int, skip_bad_rows: bool):
-  """(dataset_fn, number of rows, skipped rows) of one task's rows, in the JSONL columns."""
+  """(dataset_fn, number of rows, bad rows skipped) of one task's rows, in the JSONL columns."""
   if spec.source in ("jsonl", *labelled.KINDS):
     rows = labelled.read_task_rows(spec.source, list(spec.files), num_negatives, spec.seed,
                                    skip_bad_rows)
     columns = {k: (v.astype(str) if v.dtype == object else v) for k, v in rows.as_dict().items()}
-    return (lambda: tf.data.Dataset.from_tensor_slices(columns)), len(rows), rows.skipped
+    return (lambda: tf.data.Dataset.from_tensor_slices(columns)), len(rows), rows.bad_rows
   if skip_bad_rows:
     raise ValueError(f"task {spec.name}: data.skip_bad_rows applies to JSONL and labelled "
                      "sources only")
@@ -83,7 +83,7 @@ def task_source(spec: TaskSpec, num_negatives: int, skip_bad_rows: bool):
       return standardize_columns(ds.map(lambda r: tf.io.parse_single_example(r, TFRECORD_FEATURES)),
                                  num_negatives, spec.name)
     count = int(tfrecord().reduce(0, lambda n, _: n + 1))
-    return tfrecord, count, 0
+    return tfrecord, count, []
   if spec.source == "tfds":
     import tensorflow_datasets as tfds
 
@@ -95,6 +95,6 @@ def task_source(spec: TaskSpec, num_negatives: int, skip_bad_rows: bool):
     def tfds_dataset():
       return standardize_columns(builder.as_dataset(split=spec.split, shuffle_files=False),
                                  num_negatives, spec.name)
-    return tfds_dataset, builder.info.splits[spec.split].num_examples, 0
+    return tfds_dataset, builder.info.splits[spec.split].num_examples, []
   raise ValueError(f"task {spec.name}: source {spec.source!r}; use jsonl, tfrecord, tfds, "
                    f"{' or '.join(labelled.KINDS)}")

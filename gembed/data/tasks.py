@@ -21,9 +21,9 @@ def register_task(spec: TaskSpec, *, tokenizer_file: str, query_length: int, doc
                   num_negatives: int, query_prompt: str, document_format: str,
                   skip_bad_rows: bool = False, task_dropout: float = 0.0) -> seqio.Task:
   """Registers (or re-registers) `spec` as a SeqIO task and returns it."""
-  make_dataset, num_rows, skipped = task_source(spec, num_negatives, skip_bad_rows)
-  log.info("task %s: %d rows from %s (%d malformed rows skipped)", spec.name, num_rows,
-           ", ".join(spec.files) or spec.tfds_name, skipped)
+  make_dataset, num_rows, bad_rows = task_source(spec, num_negatives, skip_bad_rows)
+  log.info("task %s: %d rows from %s (%d bad rows skipped)", spec.name, num_rows,
+           ", ".join(spec.files) or spec.tfds_name, len(bad_rows))
 
   def dataset_fn(split, shuffle_files, seed=None):
     del split, shuffle_files, seed  # one split; examples are shuffled by the mixture
@@ -54,5 +54,5 @@ def register_task(spec: TaskSpec, *, tokenizer_file: str, query_length: int, doc
                     output_features=output_features, preprocessors=steps)
   seqio.TaskRegistry.add_provider(name, task)
   task.num_rows = num_rows
-  task.skipped_rows = skipped
+  task.bad_rows = bad_rows
   return task

@@ -41,14 +41,8 @@ def _overrides(model, data, mesh):
 def _config(overrides):
   sys.path.insert(0, ROOT)
   from configs import finetune
-  c = finetune.get_config("tiny")
-  for path, value in overrides.items():
-    *parents, leaf = path.split(".")
-    node = c
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  from gembed.recipe import override
+  return override(finetune.get_config("tiny"), **overrides)
 
 
 def _free_port() -> int:

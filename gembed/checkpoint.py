@@ -31,6 +31,14 @@ def absolute(path: str) -> str:
   return str(path) if "://" in str(path) else os.path.abspath(path)
 
 
+def sync_hosts(name: str) -> None:
+  """Every process waits here until all have arrived: files process 0 writes are then there for
+  all (a no-op on one host)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
 def make_manager(workdir: str, keep: int, async_save: bool = True,
                  extra_handlers: dict | None = None) -> ocp.CheckpointManager:
   handlers = {

@@ -231,6 +231,7 @@ def _write_model_info(config, workdir: str, init_info: modeldir.ModelInfo,
   if jax.process_index() == 0:
     modeldir.write_model_info(info, workdir)
     (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
+  checkpoint.sync_hosts("gembed_model.json written")
   return modeldir.read_model_info(workdir)
 
 

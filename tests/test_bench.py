@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 BLOCK_TF = ("import sys; sys.modules['tensorflow'] = None; sys.modules['seqio'] = None; "
-            "from gembed import cli; sys.exit(cli.main(sys.argv[1:]))")
+            "from gembed.cli.command import main; sys.exit(main(sys.argv[1:]))")
 
 
 def test_train_benchmark_without_tensorflow(tmp_path):
@@ -28,7 +28,7 @@ def test_train_benchmark_without_tensorflow(tmp_path):
 def test_peer_benchmark_without_torch_says_what_to_install():
   """The main install has no PyTorch: a peer benchmark says so in one line instead of a traceback."""
   block_torch = ("import sys; sys.modules['torch'] = None; "
-                 "from gembed import cli; sys.exit(cli.main(sys.argv[1:]))")
+                 "from gembed.cli.command import main; sys.exit(main(sys.argv[1:]))")
   out = subprocess.run([sys.executable, "-c", block_torch, "bench", "encode"],
                        capture_output=True, text=True, timeout=300)
   assert out.returncode == 2, out.stderr[-3000:]

@@ -5,7 +5,7 @@ import argparse
 import os
 import re
 
-from gembed import cli
+from gembed.cli import command as cli
 from gembed.cli import aot, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from gembed.cli import main
+from gembed.cli.command import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

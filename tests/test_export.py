@@ -8,7 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from gembed import checkpoint, cli
+from gembed import checkpoint
+from gembed.cli import command as cli
 from gembed.encode import TextEncoder
 from gembed.formats import modeldir, sentence_transformers
 from gembed.models.embedder import init_params

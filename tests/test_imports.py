@@ -27,7 +27,7 @@ MODULES = _modules()
 
 def _imports(module: str) -> set[str]:
   """The gembed modules `module` imports anywhere in its body (a `from P import x` of a
-  submodule x counts as an import of P.x)."""
+  submodule x counts as an import of P.x, and of P)."""
   tree = ast.parse(open(MODULES[module], encoding="utf-8").read())
   package = module if MODULES[module].endswith("__init__.py") else module.rpartition(".")[0]
   found = set()
@@ -41,7 +41,15 @@ def _imports(module: str) -> set[str]:
         base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
       for alias in node.names:
         found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base)
-  return {name for name in found if name in MODULES and name != module}
+  found = {name for name in found if name in MODULES}
+  # Importing P.x runs package P's __init__ first: an import of P.x is an import of P too.
+  found |= {ancestor for name in found for ancestor in _ancestors(name) if ancestor in MODULES}
+  return found - {module}
+
+
+def _ancestors(name: str) -> list[str]:
+  parts = name.split(".")
+  return [".".join(parts[:i]) for i in range(1, len(parts))]
 
 
 GRAPH = {module: _imports(module) for module in MODULES}

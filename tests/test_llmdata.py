@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from fake_llm import FakeLLM, fields
-from gembed import cli
+from gembed.cli import command as cli
 from gembed.data.rows import read_jsonl_rows
 from gembed.llmdata import mine, prompts
 from gembed.llmdata.client import EndpointError, LLMClient, LLMConfig

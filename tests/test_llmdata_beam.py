@@ -3,7 +3,7 @@
 import json
 
 from fake_llm import FakeLLM
-from gembed import cli
+from gembed.cli import command as cli
 from gembed.textio import text_identity
 from test_llmdata import FILTER_ROWS, KEY, ROWS, filter_judge, judge, write_inputs
 

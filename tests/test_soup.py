@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gembed import checkpoint, cli, soup
+from gembed import checkpoint, soup
+from gembed.cli import command as cli
 from gembed.formats import modeldir
 from gembed.formats.modeldir import ModelInfo
 from gembed.models.embedder import init_params

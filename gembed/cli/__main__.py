@@ -2,6 +2,6 @@
 
 import sys
 
-from gembed.cli import main
+from gembed.cli.command import main
 
 sys.exit(main())

@@ -7,6 +7,7 @@ like `gembed train` (`--config configs/recipe.py[:tiny]`, `--workdir`, `--config
 
 from __future__ import annotations
 
+import functools
 import sys
 
 from gembed.cli import startup, train
@@ -32,7 +33,8 @@ def run(argv: list[str], command: str) -> int:
   from gembed.textio import InputError
   from gembed.tools.bench import quality
   try:
-    (recipe.run if command == "recipe" else quality.run)(config, workdir)
+    (recipe.run if command == "recipe" else quality.run)(
+        config, workdir, functools.partial(startup.configure, flag_values.verbose))
   except (InputError, FileNotFoundError, ValueError) as e:
     print(f"{argv[0]}: error: {e}", file=sys.stderr)
     return 1

@@ -22,11 +22,13 @@ shares a (case- and space-normalised) text with them is refused, naming it.
 
 from __future__ import annotations
 
+import concurrent.futures
 import copy
 import dataclasses
 import glob
 import json
 import logging
+import multiprocessing
 import os
 
 import numpy as np
@@ -158,12 +160,24 @@ def training_done(workdir: str, steps: int) -> bool:
   return bool(done) and done[-1] >= steps
 
 
-def train_stage(config, workdir: str) -> None:
-  from gembed.train import train_and_evaluate
+def in_child(init, fn, *args, **kwargs):
+  """fn(*args, **kwargs) in a fresh process (spawned: JAX and tf.data are not fork-safe);
+  returns its result and re-raises its exception. `init()`, unless None, runs first in the
+  child (the command's logging and quiet start-up). A training run's compiled programs and
+  tf.data pipelines leave with its process: in one process the recipe's stages added up past
+  12 GB and the kernel killed it."""
+  context = multiprocessing.get_context("spawn")
+  with concurrent.futures.ProcessPoolExecutor(1, mp_context=context, initializer=init) as pool:
+    return pool.submit(fn, *args, **kwargs).result()
+
+
+def train_stage(config, workdir: str, child_init=None) -> None:
+  """Trains (or resumes) one stage in its own process (`in_child`); skipped when trained."""
   if training_done(workdir, config.train.steps):
     log.info("recipe: %s already trained (%d steps), skipped", workdir, config.train.steps)
     return
-  train_and_evaluate(config, workdir)
+  from gembed.train import train_and_evaluate
+  in_child(child_init, train_and_evaluate, config, workdir)
 
 
 def fit_head(stage1, head_config, init: str, output: str) -> str:
@@ -403,8 +417,9 @@ def plan(config, workdir: str) -> Plan:
   return Plan(work, paths, dev_dir, held_out, stage1.model.init, stage1, finetunes)
 
 
-def run(config, workdir: str) -> dict:
-  """Runs (or resumes) the recipe; returns {model name: held-out results}."""
+def run(config, workdir: str, child_init=None) -> dict:
+  """Runs (or resumes) the recipe; returns {model name: held-out results}. Each training stage
+  runs in its own process, started with `child_init` (train_stage)."""
   p = plan(config, workdir)
   with open(os.path.join(p.work, "recipe_config.json"), "w", encoding="utf-8") as f:
     f.write(config.to_json_best_effort(indent=2))
@@ -416,13 +431,13 @@ def run(config, workdir: str) -> dict:
     models["head-init"] = fit_head(stage1, config.head, p.init, os.path.join(p.work, "head-init"))
     stage1 = override(stage1, **{"model.init": models["head-init"]})
   models["stage1"] = os.path.join(p.work, "stage1")
-  train_stage(stage1, models["stage1"])
+  train_stage(stage1, models["stage1"], child_init)
   mine_negatives(stage1, list(config.mine.tasks), config.mine, models["stage1"], p.paths["mined"])
   ingredient_dirs = []
   for name, stage in p.finetunes:
     check_held_out([stage], p.held_out)  # the mined files exist now
     ingredient_dirs.append(os.path.join(p.work, name))
-    train_stage(stage, ingredient_dirs[-1])
+    train_stage(stage, ingredient_dirs[-1], child_init)
     models[name] = best_or_latest(ingredient_dirs[-1])
 
   score = dev_scorer(p.dev_dir, config.eval.dev_tasks, config.soup.metric, config.eval.batch_size)

@@ -39,18 +39,19 @@ def quality_table(all_results: dict[str, dict], peer_seconds: float | None) -> s
   return "\n".join(lines) + "\n"
 
 
-def run(config, workdir: str) -> dict:
+def run(config, workdir: str, child_init=None) -> dict:
+  """The recipe (`recipe.run`), then the peer: trained in its own process, then evaluated."""
   from gembed.peer import train_peer
 
-  gembed_results = recipe.run(config, workdir)
+  gembed_results = recipe.run(config, workdir, child_init)
   p = recipe.plan(config, workdir)
   peer_dir = os.path.join(p.work, "peer")
   timing_file = os.path.join(p.work, "peer_seconds.json")
   if not os.path.exists(os.path.join(peer_dir, "modules.json")):
     start = time.perf_counter()
-    train_peer(p.init, [p.stage1, p.finetunes[0][1]], tuple(p.stage1.loss.mrl_dims), peer_dir,
-               learning_rate=config.peer.learning_rate, max_length=config.peer.max_length,
-               seed=config.peer.seed)
+    recipe.in_child(child_init, train_peer, p.init, [p.stage1, p.finetunes[0][1]],
+                    tuple(p.stage1.loss.mrl_dims), peer_dir, learning_rate=config.peer.learning_rate,
+                    max_length=config.peer.max_length, seed=config.peer.seed)
     with open(timing_file, "w", encoding="utf-8") as f:
       json.dump(time.perf_counter() - start, f)
   peer_seconds = json.load(open(timing_file, encoding="utf-8")) if os.path.exists(timing_file) else None

@@ -1,17 +1,33 @@
 """The checkpoint's tokenizer as a `seqio.Vocabulary`.
 
-Token ids come from gembed.tokenizer.Tokenizer (the encode path's tokenizer), so SeqIO tasks
-and `gembed encode` give identical ids, [CLS]/[SEP]-style special tokens and truncation
-included. SeqIO's `tokenize` preprocessor adds no special tokens of its own.
+Token ids are gembed.tokenizer.Tokenizer's (the encode path's tokenizer), so SeqIO tasks and
+`gembed encode` give identical ids, [CLS]/[SEP]-style special tokens and truncation included.
+In `tf.data` a BERT WordPiece tokenizer runs as TensorFlow ops (gembed/data/ingraph.py, same
+ids, no Python lock); any other tokenizer, and a text holding an added token's string such as
+"[MASK]", goes through the Tokenizer in `tf.py_function`. SeqIO's `tokenize` preprocessor adds
+no special tokens of its own.
 """
 
 from __future__ import annotations
+
+import functools
+import logging
 
 import numpy as np
 import seqio
 import tensorflow as tf
 
+from gembed.data import ingraph
 from gembed.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _log_fallback(tokenizer_file: str):
+  """Once per file: every task builds two vocabularies over the same tokenizer."""
+  log.info("%s cannot be expressed in-graph (gembed/data/ingraph.py covers BERT WordPiece): "
+           "tokenising through tf.py_function", tokenizer_file)
 
 
 class HfTokenizerVocabulary(seqio.Vocabulary):
@@ -19,6 +35,9 @@ class HfTokenizerVocabulary(seqio.Vocabulary):
 
   def __init__(self, tokenizer_file: str, max_length: int):
     self.tokenizer = Tokenizer(tokenizer_file, max_length)
+    self.ingraph = ingraph.wordpiece_from_tokenizer_json(tokenizer_file, max_length)
+    if self.ingraph is None:
+      _log_fallback(tokenizer_file)
     super().__init__(extra_ids=0)
 
   @property
@@ -44,6 +63,12 @@ class HfTokenizerVocabulary(seqio.Vocabulary):
     return self.tokenizer.decode([int(i) for i in ids])
 
   def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
+    if self.ingraph is None:
+      return self._encode_py(s)
+    return tf.cond(self.ingraph.has_added_token(s), lambda: self._encode_py(s),
+                   lambda: self.ingraph.encode(s))
+
+  def _encode_py(self, s: tf.Tensor) -> tf.Tensor:
     def encode(x):
       return np.asarray(self._encode(x.numpy().decode("utf-8")), np.int32)
 

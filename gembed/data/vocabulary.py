@@ -64,11 +64,12 @@ class HfTokenizerVocabulary(seqio.Vocabulary):
 
   def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
     if self.ingraph is None:
-      return self._encode_py(s)
-    return tf.cond(self.ingraph.has_added_token(s), lambda: self._encode_py(s),
+      return self.py_function_encode_tf(s)
+    return tf.cond(self.ingraph.has_added_token(s), lambda: self.py_function_encode_tf(s),
                    lambda: self.ingraph.encode(s))
 
-  def _encode_py(self, s: tf.Tensor) -> tf.Tensor:
+  def py_function_encode_tf(self, s: tf.Tensor) -> tf.Tensor:
+    """The Tokenizer in `tf.py_function`: the fallback, and `gembed bench data`'s baseline."""
     def encode(x):
       return np.asarray(self._encode(x.numpy().decode("utf-8")), np.int32)
 

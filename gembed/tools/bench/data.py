@@ -1,4 +1,5 @@
-"""`gembed bench data`: texts/s of the SeqIO pipeline (tokenisation + batching)."""
+"""`gembed bench data`: texts/s of the SeqIO pipeline (tokenisation + batching), and of
+tokenisation alone, in-graph (gembed/data/ingraph.py) beside the tf.py_function path."""
 
 from __future__ import annotations
 
@@ -33,6 +34,39 @@ def run(args) -> dict:
     for _ in range(args.batches):
       next(it)
     rates.append(args.batches * args.batch_size * 3 / (time.perf_counter() - start))
+  texts = _texts(args.triples, args.batches * args.batch_size)
+  vocab = task.output_features["query"].vocabulary
+  cores = len(os.sched_getaffinity(0))
+  tokenize = {"texts": len(texts), "cores": cores}
+  for name, encode in (("in_graph", vocab.encode_tf), ("py_function", vocab.py_function_encode_tf)):
+    tokenize[f"{name}_texts_per_s"] = _tokenize_rate(encode, texts, args.repeats)
+    tokenize[f"{name}_texts_per_s_per_core"] = tokenize[f"{name}_texts_per_s"] / cores
+  tokenize["ratio"] = tokenize["in_graph_texts_per_s"] / tokenize["py_function_texts_per_s"]
   return {"batch_size": args.batch_size, "texts_per_batch": 3 * args.batch_size,
           "max_length": args.max_length, "texts_per_s": statistics.median(rates),
-          "batches_per_s": statistics.median(rates) / (3 * args.batch_size)}
+          "batches_per_s": statistics.median(rates) / (3 * args.batch_size),
+          "tokenize": tokenize}
+
+
+def _texts(path: str, n: int) -> list[str]:
+  """The query, positive and negative of the first n rows: the pipeline's texts."""
+  from gembed.tools.bench.common import read_rows
+  return [row[k] for row in read_rows(path, n) for k in ("query", "positive", "negative")
+          if isinstance(row.get(k), str)]
+
+
+def _tokenize_rate(encode, texts: list[str], repeats: int) -> float:
+  """texts/s of `encode` mapped over `texts` on all of tf.data's threads (median of repeats)."""
+  import tensorflow as tf
+
+  ds = tf.data.Dataset.from_tensor_slices(texts).map(encode, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.ragged_batch(256).prefetch(1)  # time the map, not one Python round trip per text
+  for _ in ds.take(1):
+    pass
+  rates = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    for _ in ds:
+      pass
+    rates.append(len(texts) / (time.perf_counter() - start))
+  return statistics.median(rates)

@@ -39,7 +39,8 @@ class InGraphTokenizer:
     self.max_length = max_length
     # HF matches added tokens ([CLS], [MASK], ...) in the raw text before normalising.
     self.added_pattern = "|".join(_escape(t) for t in added) if added else None
-    # A word over max_chars characters is one [UNK] (HF); bytes bound only FastWordpiece's work.
+    # HF makes a word over max_chars characters one [UNK]: `encode` swaps in the unk token's own
+    # string (a vocab entry); 4 bytes a character keeps FastWordpiece's byte limit out of the way.
     self.wordpiece = tf_text.FastWordpieceTokenizer(
         vocab, suffix_indicator=suffix, max_bytes_per_word=4 * max_chars, token_out_type=tf.int32,
         unknown_token=unk_token, no_pretokenization=True, support_detokenization=False)
@@ -77,7 +78,7 @@ class InGraphTokenizer:
     words = self.words(self.normalize(text))
     too_long = tf.strings.length(words, unit="UTF8_CHAR") > self.max_chars
     words = tf.where(too_long, self.unk_token, words)
-    ids = self.wordpiece.tokenize(words).flat_values[:self.max_length - 2]
+    ids = self.wordpiece.tokenize(words).flat_values[:self.max_length - 2]  # room for 2 specials
     cls, sep = self.specials
     return tf.concat([[cls], ids, [sep]], 0)
 
@@ -103,14 +104,14 @@ def _specials(post: dict | None) -> tuple[int, int] | None:
 
 
 def wordpiece_from_tokenizer_json(tokenizer_file: str, max_length: int) -> InGraphTokenizer | None:
-  """The in-graph tokenizer of `tokenizer_file`, or None when this module cannot match it exactly."""
+  """The in-graph tokenizer of `tokenizer_file`; None when this module cannot match it exactly."""
   with open(tokenizer_file, encoding="utf-8") as f:
     spec = json.load(f)
   normalizer, model = spec.get("normalizer") or {}, spec["model"]
   specials = _specials(spec.get("post_processor"))
   if (normalizer.get("type") != "BertNormalizer" or model.get("type") != "WordPiece"
       or (spec.get("pre_tokenizer") or {}).get("type") != "BertPreTokenizer"
-      or specials is None or max_length < 3):
+      or specials is None or max_length < 3 or model["unk_token"] not in model["vocab"]):
     return None
   vocab = sorted(model["vocab"], key=model["vocab"].get)
   if [model["vocab"][t] for t in vocab] != list(range(len(vocab))):
@@ -118,8 +119,6 @@ def wordpiece_from_tokenizer_json(tokenizer_file: str, max_length: int) -> InGra
   added = spec.get("added_tokens") or []
   if any(t["normalized"] or t["lstrip"] or t["rstrip"] or t["single_word"] for t in added):
     return None
-  if model["unk_token"] not in model["vocab"]:
-    return None
-  return InGraphTokenizer(vocab, normalizer, model["unk_token"], model["continuing_subword_prefix"],
-                          model["max_input_chars_per_word"], specials, [t["content"] for t in added],
-                          max_length)
+  return InGraphTokenizer(vocab, normalizer, model["unk_token"],
+                          model["continuing_subword_prefix"], model["max_input_chars_per_word"],
+                          specials, [t["content"] for t in added], max_length)

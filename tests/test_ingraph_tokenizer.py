@@ -5,14 +5,13 @@ import logging
 import os
 
 import pytest
+import tensorflow as tf
+from conftest import shared_data
 
-tf = pytest.importorskip("tensorflow")
-
-from conftest import shared_data  # noqa: E402
-from gembed.data import ingraph  # noqa: E402
-from gembed.data.vocabulary import HfTokenizerVocabulary  # noqa: E402
-from gembed.formats.hf import TOKENIZER_FILE  # noqa: E402
-from gembed.tokenizer import Tokenizer  # noqa: E402
+from gembed.data import ingraph
+from gembed.data.vocabulary import HfTokenizerVocabulary
+from gembed.formats.hf import TOKENIZER_FILE
+from gembed.tokenizer import Tokenizer
 
 TRICKY = [
     "Héllo Wörld, Ångström über ÉCOLE", "UPPER lower MiXeD", "中文字符 and 漢字", "ひらがな カタカナ",
@@ -22,7 +21,7 @@ TRICKY = [
     "ΟΔΟΣ ΚΑΛΟΣ İstanbul Straße", "zero\u200bwidth\ufeffbom nbsp\u00a0ideo\u3000space",
     "$5 + 3 = 8 ^ ` | ~ <tag>", "cafe\u0301 ﬁ Ⅻ ①", "عربى हिन्दी ไทย русский",
 ]
-# Tokenizer JSONL fields holding a text, across the shared data's task types.
+# JSONL fields holding a text, across the shared data's task types.
 FIELDS = ("query", "positive", "negative", "text", "sentence1", "sentence2", "source", "target")
 
 

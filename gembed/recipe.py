@@ -444,10 +444,14 @@ def run(config, workdir: str, child_init=None) -> dict:
   models["soup"] = os.path.join(p.work, "soup")
   soup_record = make_soup([models[n] for n, _ in p.finetunes], models["soup"], score,
                           config.soup.greedy)
-  all_results = {name: evaluate_model(model, p.held_out, config.eval.dims,
-                                      os.path.join(p.work, "eval", name), config.eval.batch_size,
-                                      config.eval.max_examples)
-                 for name, model in models.items()}
+  if len(soup_record.get("kept", [])) == 1:  # a one-ingredient soup is that ingredient
+    models["soup"] = soup_record["kept"][0]
+  all_results = {}
+  for name, model in models.items():
+    same = next((n for n in all_results if models[n] == model), None)
+    all_results[name] = all_results[same] if same else evaluate_model(
+        model, p.held_out, config.eval.dims, os.path.join(p.work, "eval", name),
+        config.eval.batch_size, config.eval.max_examples)
   print(write_report(p.work, all_results, soup_record))
   return all_results
 

@@ -297,12 +297,14 @@ def _track_best(workdir, writer: MetricWriter, step, results, metric, best, para
             for name, task in results["tasks"].items() for dim, value in task["main_score"].items()}
   values.update({f"eval/task_mean@{dim}": value for dim, value in results["task_mean"].items()})
   writer.scalars(step, values)
-  log.info("dev %s at step %d: %.2f (best so far: %s)", metric, step, score,
-           f"{best['score']:.2f} at step {best['step']}" if best else "none")
   if best is None or score > best["score"]:
+    log.info("dev %s at step %d: %.2f, the best so far (saved)", metric, step, score)
     checkpoint.save_params(os.path.join(workdir, modeldir.BEST_SUBDIR), params)
     best = {"step": step, "score": score, "metric": metric, "dim": full_dim}
     _write_json(os.path.join(workdir, modeldir.BEST_FILE), best)
+  else:
+    log.info("dev %s at step %d: %.2f (best: %.2f at step %d)", metric, step, score,
+             best["score"], best["step"])
   return best
 
 

@@ -75,7 +75,7 @@ def test_aot_on_the_simulated_mesh_reports_memory_and_sharding_errors(tiny_init)
 
 def test_aot_command_line(tiny_init):
   out = subprocess.run(
-      [sys.executable, "-m", "gembed.aot", "--config", os.path.join(ROOT, "configs/finetune.py:tiny"),
+      [sys.executable, "-m", "gembed.cli", "aot", "--config", os.path.join(ROOT, "configs/finetune.py:tiny"),
        f"--config.model.init={tiny_init}", "--config.model.projection_dim=32",
        "--config.loss.mrl_dims=(32, 16)"],
       capture_output=True, text=True, timeout=600,
@@ -83,7 +83,7 @@ def test_aot_command_line(tiny_init):
   assert out.returncode == 0, out.stderr
   assert "cpu x 8, mesh (data, fsdp, tensor) = (8, 1, 1)" in out.stdout
   assert "peak_estimate" in out.stdout
-  bad = subprocess.run([sys.executable, "-m", "gembed.aot", "--config",
+  bad = subprocess.run([sys.executable, "-m", "gembed.cli", "aot", "--config",
                         os.path.join(ROOT, "configs/finetune.py:tiny"), "--config.train.bogus=1"],
                        capture_output=True, text=True, timeout=600)
   assert bad.returncode == 2 and "bogus" in bad.stderr

@@ -1,5 +1,5 @@
 """docs/cli.md names every command and flag that the parsers define: the `gembed` argparse
-tree, and the absl flags of `python -m gembed.main` (= `gembed train`) and `python -m gembed.aot`."""
+tree, and the absl flags of `python -m gembed.main` (= `gembed train`) and `gembed aot`."""
 
 import argparse
 import os
@@ -45,11 +45,12 @@ def test_every_gembed_command_and_flag_is_documented():
 
 def test_every_absl_flag_of_the_trainer_and_the_aot_check_is_documented():
   missing = []
-  for module, flag_values in (("gembed.main", train.define_flags()), ("gembed.aot", aot.define_flags())):
-    text = _section(f"python -m {module}")
+  for command, flag_values in (("python -m gembed.main", train.define_flags()),
+                               ("gembed aot", aot.define_flags())):
+    text = _section(command)
     options = {f"--{flag_values[name].name}" for name in flag_values}
     options |= {f"-{flag_values[name].short_name}" for name in flag_values
                 if flag_values[name].short_name}
-    missing += [f"python -m {module} {o}" for o in _missing(text, sorted(options))] if text else [
-        f"a section for python -m {module}"]
+    missing += [f"{command} {o}" for o in _missing(text, sorted(options))] if text else [
+        f"a section for {command}"]
   assert not missing, f"not in docs/cli.md: {missing}"

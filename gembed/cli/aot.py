@@ -1,9 +1,9 @@
-"""`python -m gembed.aot`: compile a config's train step for a TPU slice or this host's devices
+"""`gembed aot`: compile a config's train step for a TPU slice or this host's devices
 and print per-device memory, the step's FLOPs and the step time an MFU would mean
 (gembed.tools.aot).
 
-    python -m gembed.aot --config configs/prefinetune.py --topology v5e:4x4 [--config.a.b=v ...]
-    python -m gembed.aot --config configs/prefinetune.py      # this host's devices
+    gembed aot --config configs/prefinetune.py --topology v5e:4x4 [--config.a.b=v ...]
+    gembed aot --config configs/prefinetune.py      # this host's devices
 """
 
 from __future__ import annotations
@@ -16,6 +16,11 @@ from gembed.cli import startup, train
 
 def _gib(n: int) -> str:
   return f"{n / 2 ** 30:.2f} GiB"
+
+
+def add_parsers(sub) -> None:
+  sub.add_parser("aot", help="ahead-of-time check: gembed aot --config configs/X.py "
+                 "[--topology v5e:2x2] [--mfu 0.4] [--json] [--config.a.b=v ...] [-v]")
 
 
 def define_flags(argv: list[str] = ()):

@@ -3,7 +3,7 @@
 A command group is a module of this package with `add_parsers(subparsers)`, which adds its
 subcommands and sets `func(args) -> exit status` on each; naming it in COMMAND_GROUPS registers
 it. Command modules import the library inside their functions, so a command loads only what it
-uses. Only the entry points (`gembed` = this module's `main`, gembed.main, gembed.aot,
+uses. Only the entry points (`gembed` = this module's `main`, gembed.main,
 `python -m gembed.cli`) import gembed.cli.
 """
 
@@ -15,7 +15,7 @@ import sys
 
 from gembed.cli import startup
 
-COMMAND_GROUPS = ("encode", "train", "recipe", "evaluate", "models", "data", "bench")
+COMMAND_GROUPS = ("encode", "train", "aot", "recipe", "evaluate", "models", "data", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,9 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   verbose = argv[:1] in (["-v"], ["--verbose"])
-  if argv[verbose:verbose + 1] == ["train"]:  # every flag belongs to the trainer's parser
-    from gembed.cli import train
-    return train.run(["gembed train", *argv[verbose + 1:], *["--verbose"] * verbose])
+  first = argv[verbose:verbose + 1]
+  if first in (["train"], ["aot"]):  # every flag belongs to the command's absl parser
+    command = importlib.import_module(f"gembed.cli.{first[0]}")
+    return command.run([f"gembed {first[0]}", *argv[verbose + 1:], *["--verbose"] * verbose])
   rest = argv[verbose:]
   if rest[:1] == ["recipe"] or rest[:2] == ["bench", "quality"]:  # the recipe config's flags
     from gembed.cli import recipe

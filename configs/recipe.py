@@ -90,9 +90,11 @@ def _stage(steps, batch, tasks, num_negatives, lr, warmup):
   return c
 
 
-def ingredient(name, seed, rates=None):
-  """A fine-tune ingredient: its own seed and (optional) explicit per-task mixture rates."""
-  return ml_collections.ConfigDict({"name": name, "seed": seed, "rates": dict(rates or {})})
+def ingredient(name, seed, rates=None, overrides=None):
+  """A fine-tune ingredient: its own seed, (optional) per-task mixture weights and (optional)
+  trainer keys of its own as a nested dict, e.g. {"loss": {"prefix_distill": 2.0}}."""
+  return ml_collections.ConfigDict({"name": name, "seed": seed, "rates": dict(rates or {}),
+                                    "overrides": dict(overrides or {})})
 
 
 def get_config(arg=None):

@@ -31,6 +31,7 @@ import logging
 import multiprocessing
 import os
 
+import ml_collections
 import numpy as np
 
 from gembed import checkpoint
@@ -57,9 +58,24 @@ def override(stage, **overrides):
       node = stage
       *parents, leaf = key.split(".")
       for p in parents:
-        node = node[p]
+        node = node[p] if p in node else None
+        if node is None:
+          break
+      if node is None or leaf not in node:
+        raise KeyError(f"{key}: not a key of the trainer config")
       node[leaf] = value
   return stage
+
+
+def dotted(tree, prefix: str = "") -> dict:
+  """A nested dict of config keys as {"a.b": value}."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, (dict, ml_collections.ConfigDict)):
+      flat.update(dotted(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
 
 
 def resolve_stage(stage, paths: dict, **overrides):
@@ -408,7 +424,7 @@ def plan(config, workdir: str) -> Plan:
     unknown = sorted(set(ing.rates) - set(tasks))
     if unknown:
       raise ValueError(f"ingredient {ing.name}: rates for unknown tasks {unknown} ({tasks})")
-    stage = resolve_stage(config.finetune, paths, **{
+    stage = resolve_stage(config.finetune, paths, **dotted(ing.get("overrides", {})), **{
         "model.init": os.path.join(work, "stage1"), "train.seed": ing.seed,
         "eval.data_dir": dev_dir})
     for task in stage.data.tasks:

@@ -71,6 +71,8 @@ def get_base_config():
   c.model.compute_dtype = "float32"  # "bfloat16" on TPU/GPU; parameters stay float32
   c.model.remat = False  # rematerialise layers in the backward pass
   c.model.scan_layers = False  # nn.scan over stacked layers: one layer compiled (deep LLMs)
+  c.model.keep_layers = ()  # indices of the init's layers to keep (a student of its teacher's
+  #                          own layers, e.g. (1, 3, 5)); () = every layer
   c.model.remat_policy = "nothing_saveable"  # what remat keeps (jax.checkpoint_policies name):
   #   nothing_saveable (least memory) | dots_with_no_batch_dims_saveable | dots_saveable
 
@@ -101,6 +103,13 @@ def get_base_config():
   c.loss.decoupled = False  # ablation: drop the own positive from the denominator
   c.loss.ring = False  # ring NCE (shard_map + ppermute): no device holds the B x B logits
   c.loss.prefix_distill = 0.0  # weight of the MRL prefixes' distillation from the full width
+  c.loss.contrastive_weight = 1.0  # weight of the MRL NCE loss (0: distillation terms alone)
+
+  c.distill = ml_collections.ConfigDict()  # a teacher model's embeddings taught (docs/distill.md)
+  c.distill.teacher = ""  # any --model spec sharing the student's tokenizer; "" = no teacher
+  c.distill.embedding_weight = 0.0  # weight of matching each text's teacher embedding
+  c.distill.embedding_loss = "cosine"  # cosine | mse (raw values, as EmbedDistillLoss)
+  c.distill.similarity_weight = 0.0  # weight of matching the batch's query-document similarities
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adamw"  # adamw | sgd

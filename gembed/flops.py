@@ -36,12 +36,21 @@ def forward_flops_per_sequence(config: ModelConfig, length: int) -> float:
   return float(flops)
 
 
+def batch_forward_flops(config: ModelConfig, batch: int, query_length: int, doc_length: int,
+                        num_negatives: int) -> float:
+  """One forward pass over a batch's queries, positives and hard negatives."""
+  return batch * (forward_flops_per_sequence(config, query_length)
+                  + (1 + num_negatives) * forward_flops_per_sequence(config, doc_length))
+
+
 def train_flops_per_step(config: ModelConfig, batch: int, query_length: int, doc_length: int,
-                         num_negatives: int) -> float:
-  """Forward + backward (3x forward) over queries, positives and hard negatives."""
-  forward = batch * (forward_flops_per_sequence(config, query_length)
-                     + (1 + num_negatives) * forward_flops_per_sequence(config, doc_length))
-  return 3.0 * forward
+                         num_negatives: int, teacher: ModelConfig | None = None) -> float:
+  """Forward + backward (3x forward) over queries, positives and hard negatives, plus a
+  distillation teacher's forward pass over the same texts."""
+  flops = 3.0 * batch_forward_flops(config, batch, query_length, doc_length, num_negatives)
+  if teacher is not None:
+    flops += batch_forward_flops(teacher, batch, query_length, doc_length, num_negatives)
+  return flops
 
 
 def _cache_path() -> str:

@@ -23,6 +23,13 @@ def _unit(x):
   return l2_normalize(x.astype(jnp.float32))  # scores in float32 whatever the compute dtype
 
 
+def _kl_rows(teacher_logits, student_logits):
+  """KL(softmax(teacher) || softmax(student)) per row; no gradient into the teacher."""
+  teacher = jax.lax.stop_gradient(jax.nn.log_softmax(teacher_logits, axis=-1))
+  student = jax.nn.log_softmax(student_logits, axis=-1)
+  return jnp.sum(jnp.exp(teacher) * (teacher - student), axis=-1)
+
+
 def _row_terms(q_rows, row_ids, row_query_keys, row_positive_keys, hard_rows, *, positive,
                query_keys, positive_keys, temperature, decoupled):
   """Per-row NCE terms (log-denominator - positive logit) and top-1 hits of the rows `row_ids`
@@ -142,18 +149,61 @@ def prefix_distillation_loss(query, positive, *, dims: Sequence[int], temperatur
   p_small = [_unit(positive[:, :d]) for d in small]
 
   def rows_kl(q_rows):
-    teacher = jax.lax.stop_gradient(jax.nn.log_softmax(_unit(q_rows) @ p_full.T / temperature))
-    total = 0.0
-    for d, p_d in zip(small, p_small):
-      student = jax.nn.log_softmax(_unit(q_rows[:, :d]) @ p_d.T / temperature)
-      total = total + jnp.sum(jnp.exp(teacher) * (teacher - student), axis=-1)
-    return total
+    teacher = _unit(q_rows) @ p_full.T / temperature
+    return sum(_kl_rows(teacher, _unit(q_rows[:, :d]) @ p_d.T / temperature)
+               for d, p_d in zip(small, p_small))
 
   if row_chunk and row_chunk < query.shape[0]:
     per_row = chunks.from_chunks(jax.lax.map(jax.checkpoint(rows_kl), chunks.to_chunks(query, row_chunk)))
   else:
     per_row = rows_kl(query)
   return jnp.mean(per_row)
+
+
+def similarity_distillation_loss(query, documents, teacher_query, teacher_documents,
+                                 document_valid=None, *, dims: Sequence[int], temperature: float):
+  """Similarity-structure distillation over the batch (EmbeddingGemma's geometric distillation):
+  each query's softmax over every document of the batch (all positives and hard negatives),
+  student against teacher, as KL(teacher || student); mean over rows, mean over the student's
+  MRL `dims` (each student prefix learns the teacher's full-width geometry).
+
+  query (B, D), documents (N, D): the student's; teacher_query (B, T), teacher_documents (N, T):
+  the teacher's (any width T). document_valid: optional (N,) bool, False for padded negatives.
+  """
+  teacher_logits = _unit(teacher_query) @ _unit(teacher_documents).T / temperature
+  valid = None if document_valid is None else document_valid[None, :]
+  if valid is not None:
+    teacher_logits = jnp.where(valid, teacher_logits, _MASKED)
+  total = 0.0
+  for d in dims:
+    student_logits = _unit(query[:, :d]) @ _unit(documents[:, :d]).T / temperature
+    if valid is not None:
+      student_logits = jnp.where(valid, student_logits, _MASKED)
+    total = total + jnp.mean(_kl_rows(teacher_logits, student_logits))
+  return total / len(dims)
+
+
+def embedding_distillation_loss(student, teacher, valid=None, *, kind: str = "cosine"):
+  """Embedding matching, row by row: `cosine` = mean(1 - cos), `mse` = mean squared error of the
+  raw values (sentence-transformers' EmbedDistillLoss). A student narrower than the teacher is
+  matched to the teacher's first values: the teacher's MRL prefix (its own head maps the student's
+  hidden width to that). valid: optional (N,) bool of rows that count."""
+  width = student.shape[-1]
+  if width > teacher.shape[-1]:
+    raise ValueError(f"student embeddings ({width}) are wider than the teacher's "
+                     f"({teacher.shape[-1]})")
+  teacher = jax.lax.stop_gradient(teacher[..., :width].astype(jnp.float32))
+  student = student.astype(jnp.float32)
+  if kind == "cosine":
+    per_row = 1.0 - jnp.sum(_unit(student) * _unit(teacher), axis=-1)
+  elif kind == "mse":
+    per_row = jnp.mean(jnp.square(student - teacher), axis=-1)
+  else:
+    raise ValueError(f"embedding distillation loss {kind!r}: expected 'cosine' or 'mse'")
+  if valid is None:
+    return jnp.mean(per_row)
+  weights = valid.astype(jnp.float32)
+  return jnp.sum(per_row * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
 def matryoshka_loss(query, positive, negatives=None, negative_valid=None, *, dims: Sequence[int],

@@ -24,12 +24,24 @@ log = logging.getLogger(__name__)
 
 
 def model_config_for_run(init: ModelConfig, cfg) -> ModelConfig:
-  """The init checkpoint's architecture with this run's head and compute settings."""
+  """The init checkpoint's architecture with this run's head and compute settings, and only the
+  layers `cfg.keep_layers` names (a student made from its teacher's own layers)."""
   projection_dim = cfg.projection_dim or init.projection_dim
+  keep = tuple(cfg.keep_layers)
+  if keep and (sorted(set(keep)) != list(keep) or keep[0] < 0 or keep[-1] >= init.num_layers):
+    raise ValueError(f"model.keep_layers {keep}: increasing layer indices below the init's "
+                     f"{init.num_layers} layers")
   return init.replace(projection_dim=projection_dim, projection_bias=cfg.projection_bias,
-                      projection_init=cfg.projection_init,
+                      projection_init=cfg.projection_init, num_layers=len(keep) or init.num_layers,
                       dropout_rate=cfg.dropout_rate, compute_dtype=cfg.compute_dtype,
                       remat=cfg.remat, remat_policy=cfg.remat_policy, scan_layers=cfg.scan_layers)
+
+
+def teacher_config_for_run(teacher: ModelConfig, student: ModelConfig) -> ModelConfig:
+  """A distillation teacher as the student runs: same compute dtype and layer layout; it only
+  embeds (no dropout, no rematerialisation)."""
+  return teacher.replace(compute_dtype=student.compute_dtype, scan_layers=student.scan_layers,
+                         dropout_rate=0.0, remat=False)
 
 
 def loss_dims(config, model_config: ModelConfig) -> tuple[int, ...]:
@@ -38,10 +50,14 @@ def loss_dims(config, model_config: ModelConfig) -> tuple[int, ...]:
   return tuple(config.loss.mrl_dims) or (model_config.embedding_dim,)
 
 
-def initial_params(init_config: ModelConfig, init_params: dict, config: ModelConfig, rng) -> dict:
-  """Pretrained encoder (in this run's layer layout); a new randomly initialised projection head
-  unless the init has one."""
-  params = embedder.layer_layout(dict(init_params), config)
+def initial_params(init_config: ModelConfig, init_params: dict, config: ModelConfig, rng,
+                   keep_layers=()) -> dict:
+  """Pretrained encoder (in this run's layer layout; only `keep_layers` of it when given); a new
+  randomly initialised projection head unless the init has one."""
+  params = dict(init_params)
+  if keep_layers:
+    params = embedder.keep_layers(params, init_config, keep_layers)
+  params = embedder.layer_layout(params, config)
   keep_head = (init_config.projection_dim == config.projection_dim
                and init_config.projection_bias == config.projection_bias)
   if config.projection_dim and not keep_head:
@@ -64,8 +80,9 @@ def abstract_train_state(model_config: ModelConfig, optimizer, mesh) -> TrainSta
   """The train state as ShapeDtypeStructs carrying their shardings: the one path the trainer,
   the AOT check and the benchmarks take (jax.eval_shape of the initialisers -> the models'
   logical partition specs -> mesh shardings by sharding.py's rules). Nothing is allocated."""
-  params = jax.eval_shape(lambda: embedder.init_params(model_config, jax.random.PRNGKey(0)))
-  param_sharding = sharding.param_shardings(embedder.logical_axes(model_config), params, mesh)
+  abstract = abstract_params(model_config, mesh)
+  params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract)
+  param_sharding = jax.tree.map(lambda x: x.sharding, abstract)
   replicated = sharding.replicated(mesh)
   shardings = TrainState(
       step=replicated, params=param_sharding,
@@ -75,6 +92,15 @@ def abstract_train_state(model_config: ModelConfig, optimizer, mesh) -> TrainSta
                       rng=jax.eval_shape(lambda: jax.random.PRNGKey(0)))
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                       shapes, shardings)
+
+
+def abstract_params(model_config: ModelConfig, mesh):
+  """A model's parameters as ShapeDtypeStructs carrying their mesh shardings (the train state's,
+  and a distillation teacher's)."""
+  params = jax.eval_shape(lambda: embedder.init_params(model_config, jax.random.PRNGKey(0)))
+  shardings = sharding.param_shardings(embedder.logical_axes(model_config), params, mesh)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      params, shardings)
 
 
 def shardings_of(abstract: TrainState) -> TrainState:
@@ -91,10 +117,29 @@ def init_train_state(params, optimizer, rng, abstract: TrainState) -> TrainState
                     rng=jax.device_put(rng, shardings.rng))
 
 
+def loss_config_of(config, model_config: ModelConfig) -> LossConfig:
+  """The step's LossConfig from a run config's `loss` and `distill` sections."""
+  distill = config.distill
+  weights = (distill.embedding_weight, distill.similarity_weight)
+  if bool(distill.teacher) != any(weights):
+    raise ValueError("distillation needs both distill.teacher and a distill.embedding_weight or "
+                     f"distill.similarity_weight > 0 (teacher={distill.teacher!r}, weights={weights})")
+  return LossConfig(temperature=config.loss.temperature, dims=loss_dims(config, model_config),
+                    weights=tuple(config.loss.mrl_weights), decoupled=config.loss.decoupled,
+                    ring=config.loss.ring, prefix_distill=config.loss.prefix_distill,
+                    contrastive_weight=config.loss.contrastive_weight,
+                    distill_embedding=distill.embedding_weight,
+                    distill_embedding_kind=distill.embedding_loss,
+                    distill_similarity=distill.similarity_weight)
+
+
 def jit_train_step(config, model_config: ModelConfig, optimizer, schedule, abstract: TrainState,
-                   mesh):
+                   mesh, teacher: tuple[ModelConfig, dict] | None = None):
   """The jitted, sharded, donating train step of a config (trainer, AOT check and benchmarks
-  alike), traced under the mesh and the logical-axis rules (sharding.step_context)."""
+  alike), traced under the mesh and the logical-axis rules (sharding.step_context).
+
+  With `teacher` = (its config, its `abstract_params`), the step is `step(state, batch,
+  teacher_params)`, the teacher's parameters sharded by the same rules and not donated."""
   if config.train.grad_cache and config.data.global_batch_size % config.train.grad_cache_chunk:
     raise ValueError(f"train.grad_cache_chunk {config.train.grad_cache_chunk} must divide "
                      f"data.global_batch_size {config.data.global_batch_size}")
@@ -103,15 +148,18 @@ def jit_train_step(config, model_config: ModelConfig, optimizer, schedule, abstr
     raise ValueError(f"train.grad_cache_chunk {config.train.grad_cache_chunk} must be a multiple "
                      f"of the {row_devices} devices the batch is split over (mesh data x fsdp): "
                      "each chunk's rows stay sharded like the batch")
-  loss_config = LossConfig(temperature=config.loss.temperature,
-                           dims=loss_dims(config, model_config),
-                           weights=tuple(config.loss.mrl_weights),
-                           decoupled=config.loss.decoupled, ring=config.loss.ring,
-                           prefix_distill=config.loss.prefix_distill)
+  loss_config = loss_config_of(config, model_config)
+  if bool(teacher) != loss_config.distills:
+    raise ValueError("the train step has a teacher exactly when the config distills "
+                     "(distill.teacher)")
+  in_shardings = (shardings_of(abstract), sharding.batch_sharding(mesh))
+  if teacher:
+    in_shardings += (jax.tree.map(lambda x: x.sharding, teacher[1]),)
   return sharding.StepUnderRules(jax.jit(
       functools.partial(train_step, model_config=model_config, loss_config=loss_config,
                         optimizer=optimizer, schedule=schedule,
-                        grad_cache_chunk=config.train.grad_cache_chunk if config.train.grad_cache else 0),
-      in_shardings=(shardings_of(abstract), sharding.batch_sharding(mesh)),
+                        grad_cache_chunk=config.train.grad_cache_chunk if config.train.grad_cache else 0,
+                        teacher_config=teacher[0] if teacher else None),
+      in_shardings=in_shardings,
       out_shardings=(shardings_of(abstract), sharding.replicated(mesh)),
       donate_argnums=(0,)), mesh)

@@ -27,6 +27,14 @@ class LossConfig:
   ring: bool = False  # ring NCE over the batch axes of the mesh set with `jax.set_mesh`
   row_chunk: int = 0  # > 0: logits computed this many query rows at a time (O(chunk x B) memory)
   prefix_distill: float = 0.0  # weight of losses.prefix_distillation_loss (0: off)
+  contrastive_weight: float = 1.0  # weight of the MRL NCE loss (0: distillation terms alone)
+  distill_embedding: float = 0.0  # weight of losses.embedding_distillation_loss (needs a teacher)
+  distill_embedding_kind: str = "cosine"  # cosine | mse
+  distill_similarity: float = 0.0  # weight of losses.similarity_distillation_loss (needs a teacher)
+
+  @property
+  def distills(self) -> bool:
+    return bool(self.distill_embedding or self.distill_similarity)
 
 
 @flax.struct.dataclass
@@ -74,6 +82,7 @@ def contrastive_loss(loss_config: LossConfig, query, positive, negatives, batch)
         **kwargs)
   metrics = {"accuracy": accuracy[max(dims)]}
   metrics.update({f"loss@{d}": v for d, v in per_dim.items()})
+  total = loss_config.contrastive_weight * total
   if loss_config.prefix_distill:
     if loss_config.ring:
       raise ValueError("loss.prefix_distill needs the in-batch logits: it does not run with loss.ring")
@@ -86,56 +95,99 @@ def contrastive_loss(loss_config: LossConfig, query, positive, negatives, batch)
   return total, metrics
 
 
-def loss_fn(params, batch, rng, model_config: ModelConfig, loss_config: LossConfig):
-  query, positive, negatives = embed_batch(model_config, params, batch, rng)
-  return contrastive_loss(loss_config, query, positive, negatives, batch)
+def distillation_loss(loss_config: LossConfig, student, teacher, batch):
+  """The teacher's embeddings taught to the student's (query, positive, negatives or None):
+  weighted embedding matching over every text and similarity-structure matching over the batch
+  at every MRL dim; returns (loss, metrics)."""
+  query, positive, negatives = student
+  t_query, t_positive, t_negatives = teacher
+  documents, t_documents, valid = [positive], [t_positive], [jnp.ones(positive.shape[0], bool)]
+  if negatives is not None:
+    documents.append(negatives.reshape(-1, negatives.shape[-1]))
+    t_documents.append(t_negatives.reshape(-1, t_negatives.shape[-1]))
+    valid.append(batch["negative_valid"].reshape(-1) if "negative_valid" in batch
+                 else jnp.ones(documents[-1].shape[0], bool))
+  documents, t_documents, valid = (jnp.concatenate(x) for x in (documents, t_documents, valid))
+  total, metrics = 0.0, {}
+  if loss_config.distill_embedding:
+    texts = jnp.concatenate([query, documents])
+    t_texts = jnp.concatenate([t_query, t_documents])
+    text_valid = jnp.concatenate([jnp.ones(query.shape[0], bool), valid])
+    metrics["distill_embedding"] = losses.embedding_distillation_loss(
+        texts, t_texts, text_valid, kind=loss_config.distill_embedding_kind)
+    total = total + loss_config.distill_embedding * metrics["distill_embedding"]
+  if loss_config.distill_similarity:
+    metrics["distill_similarity"] = losses.similarity_distillation_loss(
+        query, documents, t_query, t_documents, valid,
+        dims=loss_config.dims or (query.shape[-1],), temperature=loss_config.temperature)
+    total = total + loss_config.distill_similarity * metrics["distill_similarity"]
+  return total, metrics
+
+
+def embeddings_loss(loss_config: LossConfig, student, batch, teacher=None):
+  """The training loss on a batch's embeddings: contrastive (+ prefix distillation), plus the
+  teacher's distillation terms when `teacher` embeddings are given; returns (loss, metrics)."""
+  total, metrics = contrastive_loss(loss_config, *student, batch)
+  if teacher is not None:
+    distill, distill_metrics = distillation_loss(loss_config, student, teacher, batch)
+    total = total + distill
+    metrics.update(distill_metrics, loss=total)
+  return total, metrics
+
+
+def loss_fn(params, batch, rng, model_config: ModelConfig, loss_config: LossConfig, teacher=None):
+  return embeddings_loss(loss_config, embed_batch(model_config, params, batch, rng), batch, teacher)
+
+
+def embed_in_chunks(model_config: ModelConfig, params, batch, rng, chunk_size: int):
+  """`embed_batch` `chunk_size` rows at a time with no activations kept (no gradient): GradCache's
+  first pass, and a teacher's embeddings. Each chunk's dropout rng is folded from its index."""
+  embeddings = []
+  for ids, mask, stream_rng in _text_streams(batch, rng):
+    def embed(_, chunk, stream_rng=stream_rng):
+      index, ids_c, mask_c = chunk
+      r = None if stream_rng is None else jax.random.fold_in(stream_rng, index)
+      return None, apply_model(model_config, params, ids_c, mask_c, r)
+    pieces = (chunks.to_chunks(ids, chunk_size), chunks.to_chunks(mask, chunk_size))
+    _, out = jax.lax.scan(embed, None, (jnp.arange(pieces[0].shape[0]), *pieces))
+    embeddings.append(jax.lax.stop_gradient(chunks.from_chunks(out)))
+  if len(embeddings) == 3:
+    embeddings[2] = embeddings[2].reshape(*batch["negative_ids"].shape[:2], -1)
+  else:
+    embeddings.append(None)
+  return tuple(embeddings)
 
 
 def cached_loss_and_grads(params, batch, rng, model_config: ModelConfig, loss_config: LossConfig,
-                          chunk_size: int):
+                          chunk_size: int, teacher=None):
   """GradCache (Gao et al., 2021): the loss and parameter gradients of `loss_fn` with activation
   memory of one chunk instead of the whole global batch.
 
   1. Embed every text in chunks of `chunk_size` rows, keeping no activations.
   2. Loss over the whole global batch (every in-batch and hard negative, the false-negative mask,
-     MRL) and its gradient with respect to the embeddings, its logits also `chunk_size` query rows
-     at a time (or the ring loss), so that no B x B matrix is held.
+     MRL, the teacher's terms) and its gradient with respect to the embeddings, its logits also
+     `chunk_size` query rows at a time (or the ring loss), so that no B x B matrix is held.
   3. Chunk by chunk, recompute the forward pass and pull that gradient back to the parameters.
   Each chunk's dropout rng is fixed by its index, so steps 1 and 3 see the same masks.
   """
-  def forward(ids, mask, chunk_rng, index, p):
-    r = None if chunk_rng is None else jax.random.fold_in(chunk_rng, index)
-    return apply_model(model_config, p, ids, mask, r)
-
-  embeddings = []
-  for ids, mask, stream_rng in _text_streams(batch, rng):
-    def embed(_, chunk, stream_rng=stream_rng):
-      index, ids_c, mask_c = chunk
-      return None, forward(ids_c, mask_c, stream_rng, index, params)
-    pieces = (chunks.to_chunks(ids, chunk_size), chunks.to_chunks(mask, chunk_size))
-    _, out = jax.lax.scan(embed, None, (jnp.arange(pieces[0].shape[0]), *pieces))
-    embeddings.append(jax.lax.stop_gradient(chunks.from_chunks(out)))
-  if len(embeddings) == 3:
-    b, k = batch["negative_ids"].shape[:2]
-    embeddings[2] = embeddings[2].reshape(b, k, -1)
-  else:
-    embeddings.append(None)
-
+  embeddings = embed_in_chunks(model_config, params, batch, rng, chunk_size)
   if not loss_config.ring:  # the global B x B logits would otherwise dominate memory
     loss_config = dataclasses.replace(loss_config, row_chunk=chunk_size)
 
-  def loss_on_embeddings(query, positive, negatives):
-    return contrastive_loss(loss_config, query, positive, negatives, batch)
+  def loss_on_embeddings(*student):
+    student = student + (None,) * (3 - len(student))
+    return embeddings_loss(loss_config, student, batch, teacher)
 
   argnums = (0, 1, 2) if embeddings[2] is not None else (0, 1)
   (loss, metrics), embedding_grads = jax.value_and_grad(
-      loss_on_embeddings, argnums=argnums, has_aux=True)(*embeddings)
+      loss_on_embeddings, argnums=argnums, has_aux=True)(*embeddings[:len(argnums)])
 
   grads = jax.tree.map(jnp.zeros_like, params)
   for (ids, mask, stream_rng), cotangent in zip(_text_streams(batch, rng), embedding_grads):
     def backprop(acc, chunk, stream_rng=stream_rng):
       index, ids_c, mask_c, g_c = chunk
-      _, pull = jax.vjp(lambda p: forward(ids_c, mask_c, stream_rng, index, p), params)
+      r = None if stream_rng is None else jax.random.fold_in(stream_rng, index)
+      _, pull = jax.vjp(lambda p: apply_model(model_config, p, ids_c, mask_c, r), params)
       return jax.tree.map(jnp.add, acc, pull(g_c)[0]), None
     cotangent = cotangent.reshape(ids.shape[0], -1)
     pieces = [chunks.to_chunks(x, chunk_size) for x in (ids, mask, cotangent)]
@@ -143,22 +195,31 @@ def cached_loss_and_grads(params, batch, rng, model_config: ModelConfig, loss_co
   return (loss, metrics), grads
 
 
-def train_step(state: TrainState, batch, *, model_config: ModelConfig, loss_config: LossConfig,
-               optimizer: optax.GradientTransformation, schedule: Callable,
-               grad_cache_chunk: int = 0):
+def train_step(state: TrainState, batch, teacher_params=None, *, model_config: ModelConfig,
+               loss_config: LossConfig, optimizer: optax.GradientTransformation,
+               schedule: Callable, grad_cache_chunk: int = 0,
+               teacher_config: ModelConfig | None = None):
   """One optimizer step; returns (new state, metrics). Pure: jit it with shardings.
 
   `grad_cache_chunk` > 0 computes the same loss and gradients with GradCache, in chunks of that
-  many rows (memory flat in the global batch size).
+  many rows (memory flat in the global batch size). With `teacher_params` (a model of
+  `teacher_config` sharing the student's tokenizer), the teacher embeds the same batch without
+  dropout or gradient (in chunks under GradCache) for the distillation terms.
   """
   rng, dropout_rng = jax.random.split(state.rng)
   dropout_rng = dropout_rng if model_config.dropout_rate > 0 else None
+  teacher = None
+  if teacher_params is not None:
+    teacher = (embed_in_chunks(teacher_config, teacher_params, batch, None, grad_cache_chunk)
+               if grad_cache_chunk else
+               jax.lax.stop_gradient(embed_batch(teacher_config, teacher_params, batch)))
   if grad_cache_chunk:
     (_, metrics), grads = cached_loss_and_grads(state.params, batch, dropout_rng, model_config,
-                                                loss_config, grad_cache_chunk)
+                                                loss_config, grad_cache_chunk, teacher)
   else:
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (_, metrics), grads = grad_fn(state.params, batch, dropout_rng, model_config, loss_config)
+    (_, metrics), grads = grad_fn(state.params, batch, dropout_rng, model_config, loss_config,
+                                  teacher)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = dict(metrics, grad_norm=optax.global_norm(grads), learning_rate=schedule(state.step))

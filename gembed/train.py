@@ -34,8 +34,9 @@ from etils import epath
 from gembed import checkpoint, flops, sharding
 from gembed.formats import modeldir
 from gembed.optim import make_optimizer
-from gembed.state import (abstract_train_state, init_train_state, initial_params, jit_train_step,
-                          loss_dims, model_config_for_run)
+from gembed.models import embedder
+from gembed.state import (abstract_params, abstract_train_state, init_train_state, initial_params,
+                          jit_train_step, loss_dims, model_config_for_run, teacher_config_for_run)
 from gembed.writers import MetricWriter
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # Model: the pretrained init (HF dir or an earlier stage's workdir), this run's head.
   init_info, init_params = modeldir.load_model(modeldir.resolve_model_arg(config.model.init))
   model_config = model_config_for_run(init_info.config, config.model)
-  params = initial_params(init_info.config, init_params, model_config, init_rng)
+  params = initial_params(init_info.config, init_params, model_config, init_rng,
+                          tuple(config.model.keep_layers))
   info = _write_model_info(config, workdir, init_info, model_config)
 
   # Mesh, sharded state and this host's data.
@@ -97,6 +99,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   optimizer, schedule = make_optimizer(config.optim)
   abstract = abstract_train_state(model_config, optimizer, mesh)
   state = init_train_state(params, optimizer, state_rng, abstract)
+  teacher, teacher_params = _teacher(config, info, model_config, mesh)
   specs, _, dataset, bad_rows = mixture.from_config(config, info.tokenizer_file,
                                                     jax.process_index(), jax.process_count())
   if bad_rows and jax.process_index() == 0:  # data.skip_bad_rows: every one, by file and line
@@ -135,7 +138,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     start, iterator = 0, iter(dataset)
 
   batch_sharding = sharding.batch_sharding(mesh)
-  step_fn = jit_train_step(config, model_config, optimizer, schedule, abstract, mesh)
+  step_fn = jit_train_step(config, model_config, optimizer, schedule, abstract, mesh, teacher)
+  teacher_args = (teacher_params,) if teacher else ()
 
   def save(step: int):
     manager.save(step, force=True, args=ocp.args.Composite(
@@ -167,11 +171,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
                  "(or reading the compilation cache)", step + 1, query_len, doc_len,
                  len(step_shapes), max_shapes)
       window_flops += flops.train_flops_per_step(model_config, d.global_batch_size, query_len,
-                                                 doc_len, d.num_negatives)
+                                                 doc_len, d.num_negatives,
+                                                 teacher[0] if teacher else None)
       window_tokens += d.global_batch_size * (query_len + (1 + d.num_negatives) * doc_len)
       batch = {k: jax.make_array_from_process_local_data(batch_sharding, v)
                for k, v in host_batch.items()}
-      state, metrics = step_fn(state, batch)
+      state, metrics = step_fn(state, batch, *teacher_args)
       done = step + 1
       bar.update(1)
       will_save = done % config.ckpt.every == 0 or done == total or preemption.requested
@@ -214,6 +219,32 @@ def train_and_evaluate(config, workdir: str) -> dict:
     iterator = dataset = None  # noqa: F841
   return {"metrics": last_metrics, "dev": dev_results, "best": best,
           "task_steps": {s.name: int(n) for s, n in zip(specs, task_steps)}}
+
+
+def _teacher(config, info: modeldir.ModelInfo, model_config, mesh):
+  """(teacher config, its abstract parameters) and its parameters placed on the mesh, or
+  (None, None) without distill.teacher. The teacher embeds the student's token ids, so both must
+  have the same tokenizer."""
+  if not config.distill.teacher:
+    return None, None
+  spec = modeldir.resolve_model_arg(config.distill.teacher)
+  teacher_info, teacher_params = modeldir.load_model(spec)
+  if not _same_file(teacher_info.tokenizer_file, info.tokenizer_file):
+    raise ValueError(f"distill.teacher {config.distill.teacher}: its tokenizer "
+                     f"({teacher_info.tokenizer_file}) differs from the student's "
+                     f"({info.tokenizer_file}); the teacher embeds the student's token ids")
+  teacher_config = teacher_config_for_run(teacher_info.config, model_config)
+  abstract = abstract_params(teacher_config, mesh)
+  placed = jax.device_put(embedder.layer_layout(teacher_params, teacher_config),
+                          jax.tree.map(lambda x: x.sharding, abstract))
+  log.info("distilling from %s (%d layers, %d-d embeddings)", spec, teacher_config.num_layers,
+           teacher_config.embedding_dim)
+  return (teacher_config, abstract), placed
+
+
+def _same_file(a: str, b: str) -> bool:
+  with open(a, "rb") as fa, open(b, "rb") as fb:
+    return fa.read() == fb.read()
 
 
 def _write_model_info(config, workdir: str, init_info: modeldir.ModelInfo,

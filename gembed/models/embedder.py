@@ -70,6 +70,15 @@ def layer_layout(params: dict, config: ModelConfig) -> dict:
   return {**params, "encoder": encoder}
 
 
+def keep_layers(params: dict, config: ModelConfig, indices) -> dict:
+  """`params` (of `config`) with only the encoder layers `indices`, renumbered from 0: a
+  shallower student initialised from its teacher's own layers (embeddings and head kept)."""
+  encoder = dict(layer_layout(params, config.replace(scan_layers=False))["encoder"])
+  layers = [encoder.pop(f"layer_{i}") for i in range(config.num_layers)]
+  encoder.update({f"layer_{new}": layers[old] for new, old in enumerate(indices)})
+  return {**params, "encoder": encoder}
+
+
 def init_params(config: ModelConfig, rng) -> dict:
   """Random parameters as a plain pytree (used for the projection head and for tests)."""
   variables = EmbeddingModel(config).init(rng, *_dummy_inputs())

@@ -15,7 +15,8 @@ import jax
 from gembed import batch, flops, sharding
 from gembed.formats import modeldir
 from gembed.optim import make_optimizer
-from gembed.state import abstract_train_state, jit_train_step, model_config_for_run
+from gembed.state import (abstract_params, abstract_train_state, jit_train_step,
+                          model_config_for_run, teacher_config_for_run)
 
 
 def abstract_batch(config, mesh) -> dict:
@@ -34,8 +35,14 @@ def compile_train_step(config, devices=None):
   mesh = sharding.make_mesh(config.mesh.shape, devices)
   optimizer, schedule = make_optimizer(config.optim)
   abstract = abstract_train_state(model_config, optimizer, mesh)
-  step = jit_train_step(config, model_config, optimizer, schedule, abstract, mesh)
-  compiled = step.lower(abstract, abstract_batch(config, mesh)).compile()
+  teacher, teacher_args = None, ()
+  if config.distill.teacher:  # its parameters are arguments of the step: in the memory report
+    teacher_config = teacher_config_for_run(
+        modeldir.read_model_config(modeldir.resolve_model_arg(config.distill.teacher)), model_config)
+    teacher = (teacher_config, abstract_params(teacher_config, mesh))
+    teacher_args = (teacher[1],)
+  step = jit_train_step(config, model_config, optimizer, schedule, abstract, mesh, teacher)
+  compiled = step.lower(abstract, abstract_batch(config, mesh), *teacher_args).compile()
   return compiled, model_config
 
 

@@ -55,7 +55,10 @@ def train_setup(model_dir, rows, batch_size, max_length, dims, grad_cache_chunk=
       "train": {"grad_cache": bool(grad_cache_chunk), "grad_cache_chunk": grad_cache_chunk or 1},
       "data": {"global_batch_size": batch_size},
       "loss": {"temperature": 0.05, "mrl_dims": tuple(dims), "mrl_weights": (),
-               "decoupled": False, "ring": False, "prefix_distill": 0.0}})
+               "decoupled": False, "ring": False, "prefix_distill": 0.0,
+               "contrastive_weight": 1.0},
+      "distill": {"teacher": "", "embedding_weight": 0.0, "embedding_loss": "cosine",
+                  "similarity_weight": 0.0}})
   step = jit_train_step(run, config, optimizer, schedule, abstract, mesh)
   # The trainer's length buckets (configs/finetune.py): each batch is cut to the bucket of its
   # longest query / document, as data.length_buckets does.

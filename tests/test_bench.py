@@ -36,3 +36,22 @@ def test_peer_benchmark_without_torch_says_what_to_install():
   assert lines == ["gembed bench encode: the sentence-transformers side needs torch: "
                    "pip install -e '.[test]'"], out.stderr[-3000:]
   assert "Traceback" not in out.stderr
+
+
+def test_encode_benchmark_times_a_student_beside_its_model(tmp_path, minilm_dir):
+  """--model (an HF directory: sentence-transformers times it too) and --student side by side."""
+  import os
+
+  from tiny import make_tiny_bert_dir
+  model = make_tiny_bert_dir(tmp_path / "tiny", os.path.join(minilm_dir, "tokenizer.json"))
+  texts = tmp_path / "texts.jsonl"
+  texts.write_text("".join(json.dumps({"query": f"question {i}", "positive": f"answer {i}"}) + "\n"
+                           for i in range(16)))
+  out = subprocess.run(
+      [sys.executable, "-m", "gembed.cli", "bench", "encode", "--texts", str(texts), "--n", "32",
+       "--repeats", "1", "--batch-size", "8", "--max-length", "16", "--model", model,
+       "--student", model], capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  result = json.loads(out.stdout)
+  assert result["texts"] == 32 and result["student_speedup"] > 0
+  assert result["gembed_texts_per_s"] > 0 and result["ratio"] > 0

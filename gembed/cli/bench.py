@@ -19,6 +19,10 @@ def add_parsers(sub) -> None:
   enc.add_argument("--texts", default=DEFAULT_TEXTS, help="JSONL with query/positive fields")
   enc.add_argument("--n", type=int, default=2048)
   enc.add_argument("--repeats", type=int, default=3)
+  enc.add_argument("--model", default=None, help="model to time (default: the shipped "
+                   "checkpoint); sentence-transformers runs it too when it is an HF directory")
+  enc.add_argument("--student", default=None, help="a second model timed on the same texts "
+                   "(e.g. a distilled student): its texts/s and speed-up over --model")
   train = kinds.add_parser("train", help="training examples/s, gembed vs sentence-transformers")
   train.add_argument("--triples", default=DEFAULT_TRIPLES)
   train.add_argument("--steps", type=int, default=6)

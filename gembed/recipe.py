@@ -25,7 +25,6 @@ from __future__ import annotations
 import concurrent.futures
 import copy
 import dataclasses
-import glob
 import json
 import logging
 import multiprocessing
@@ -35,19 +34,13 @@ import ml_collections
 import numpy as np
 
 from gembed import checkpoint
-from gembed.textio import InputError, iter_jsonl
+from gembed.textio import InputError, expand_files, iter_jsonl
 
 log = logging.getLogger(__name__)
 
 def _expand(pattern: str, paths: dict) -> list[str]:
   """A task file name with {data}/{demo}/{mined} filled in; globs expanded (sorted)."""
-  path = pattern.format(**paths)
-  if any(c in path for c in "*?["):
-    found = sorted(glob.glob(path))
-    if not found:
-      raise FileNotFoundError(f"no file matches {path}")
-    return found
-  return [path]
+  return expand_files(pattern.format(**paths))
 
 
 def override(stage, **overrides):

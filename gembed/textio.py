@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import re
@@ -9,6 +10,16 @@ import re
 
 class InputError(ValueError):
   """Bad user input; the message names the file, the line and the problem."""
+
+
+def expand_files(path: str) -> list[str]:
+  """A data file name, or a glob of shards (sorted, so every host sees one order)."""
+  if not any(c in path for c in "*?["):
+    return [path]
+  found = sorted(glob.glob(path))
+  if not found:
+    raise FileNotFoundError(f"no file matches {path}")
+  return found
 
 
 def text_identity(text: str) -> str:

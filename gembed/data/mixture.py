@@ -15,6 +15,7 @@ import tensorflow as tf
 from gembed.data.batching import batch_task
 from gembed.data.sources import TaskSpec
 from gembed.data.tasks import register_task
+from gembed.textio import expand_files
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def from_config(config, tokenizer_file: str, process_index: int = 0, process_cou
   d, seed = config.data, config.train.seed
   if not d.tasks:
     raise ValueError("config.data.tasks is empty: name at least one training dataset")
-  specs = [TaskSpec(name=t.name, files=tuple(os.path.join(d.dir, f) for f in t.files),
+  specs = [TaskSpec(name=t.name, files=tuple(f for p in t.files for f in expand_files(os.path.join(d.dir, p))),
                     prompt_task=t.prompt_task, rate=t.rate or None, weight=t.weight,
                     source=t.source,
                     tfds_name=t.tfds_name, tfds_data_dir=t.tfds_data_dir, split=t.split, seed=seed)

@@ -37,8 +37,8 @@ def _typed(name: str, value: str, kind: type):
 
 def task(name, files=(), prompt_task="search result", rate=0.0, source="jsonl", tfds_name="",
          tfds_data_dir="", split="train", weight=1.0):
-  """One training dataset: JSONL or TFRecord files (or globs of shards) relative to data.dir, or a TFDS dataset
-  (a registered name or a prepared directory); rate is used when data.mixing = 'explicit',
+  """One training dataset: JSONL or TFRecord files (or globs of shards) relative to data.dir, or
+  a TFDS dataset (a registered name or a prepared directory); rate is used when data.mixing = 'explicit',
   weight multiplies the rate of the proportional and temperature rules (then renormalised).
   source = "classification" | "clustering" reads {"text", "label"} files as (text, label text)
   or (text, same-label text) rows (gembed/data/labelled.py); name tasks with [A-Za-z0-9_.:]."""

@@ -118,3 +118,89 @@ def test_a_template_that_is_not_a_prefix_is_refused(trained_like_model, tmp_path
   odd = dataclasses.replace(info, query_prompt="{text} (task: {task})")
   with pytest.raises(ValueError, match="must end with {text}"):
     sentence_transformers.write_sentence_transformers(odd, params, str(tmp_path / "out"))
+
+
+def _family_tokenizer(family, path):
+  """A small tokenizer of the family's own transformers class, as a real checkpoint ships one:
+  transformers 5 rebuilds Qwen2's pipeline from its class whatever tokenizer_config.json says, so
+  MiniLM's WordPiece file would not tokenize alike there."""
+  transformers = pytest.importorskip("transformers")
+  cls = {"llama": transformers.LlamaTokenizer, "qwen2": transformers.Qwen2Tokenizer,
+         "gemma": transformers.GemmaTokenizer}[family]
+  tokenizer = cls().train_new_from_iterator((QUERIES + DOCUMENTS) * 4, vocab_size=300)
+  if tokenizer.pad_token is None:  # Llama ships none; sentence-transformers pads its batches
+    tokenizer.pad_token = tokenizer.eos_token
+  tokenizer.save_pretrained(path)
+  return len(tokenizer)
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2", "gemma"])
+def decoder_model(request, tmp_path_factory):
+  """A tiny random decoder-family gembed model directory with prompts, a projection and MRL dims."""
+  from gembed.models.config import ModelConfig
+  family = request.param
+  path = str(tmp_path_factory.mktemp(family))
+  vocab = _family_tokenizer(family, path)
+  config = ModelConfig(family=family, vocab_size=vocab, hidden_size=32, num_layers=2, num_heads=4,
+                       num_kv_heads=2, attention_head_dim=16 if family == "gemma" else 0,
+                       intermediate_size=48, max_position=128, layer_norm_eps=1e-6,
+                       hidden_act="gelu_tanh" if family == "gemma" else "silu",
+                       attention_bias=family == "qwen2", projection_dim=24)
+  params = jax.tree.map(np.asarray, init_params(config, jax.random.PRNGKey(1)))
+  rng = np.random.default_rng(1)
+  # Norm scales start at 1 (Gemma: 0) and biases at 0: perturb them so that every tensor matters.
+  params = jax.tree_util.tree_map_with_path(
+      lambda p, x: x + rng.normal(0, 0.1, x.shape).astype(np.float32)
+      if p[-1].key in ("scale", "bias") else x, params)
+  info = modeldir.ModelInfo(config=config, tokenizer_file=os.path.join(path, "tokenizer.json"),
+                            max_length=64, query_prompt="task: {task} | query: {text}",
+                            document_format="title: {title} | text: {text}", mrl_dims=(24, 12))
+  modeldir.save_model(info, params, path)
+  return family, path
+
+
+def test_decoder_families_export_as_bidirectional_encoders(decoder_model, tmp_path):
+  """transformers' AutoModel and SentenceTransformer both embed a decoder export like gembed, a
+  lone unpadded text included (the path where sdpa could fall back to its causal flag)."""
+  import torch
+  import transformers
+  from safetensors.numpy import load_file
+  from sentence_transformers import SentenceTransformer
+
+  family, model_dir = decoder_model
+  out = str(tmp_path / "st")
+  assert cli.main(["export", "--model", model_dir, "--output", out]) == 0
+  assert json.load(open(os.path.join(out, "config.json")))["model_type"] == family
+
+  texts = [f"title: none | text: {d}" for d in DOCUMENTS]
+  ours = _gembed(model_dir, DOCUMENTS)
+  tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+  transformer = transformers.AutoModel.from_pretrained(out).eval()
+  dense = load_file(os.path.join(out, "2_Dense", "model.safetensors"))
+  for batch in (texts, texts[:1]):
+    inputs = tokenizer(batch, padding=True, truncation=True, max_length=64, return_tensors="pt")
+    with torch.no_grad():
+      hidden = transformer(**inputs).last_hidden_state.numpy()
+    mask = inputs["attention_mask"].numpy()[..., None]
+    pooled = (hidden * mask).sum(1) / mask.sum(1)
+    theirs = pooled @ dense["linear.weight"].T + dense["linear.bias"]
+    assert _cosines(theirs, ours[:len(batch)]).min() >= 0.9999
+
+  model = SentenceTransformer(out, device="cpu")
+  assert _cosines(model.encode(DOCUMENTS, prompt_name="document"), ours).min() >= 0.9999
+  queries = model.encode(QUERIES, prompt_name="query")
+  assert _cosines(queries, _gembed(model_dir, QUERIES, task="search result")).min() >= 0.9999
+  alone = model.encode(QUERIES[:1], prompt_name="query")
+  assert _cosines(alone, queries[:1]).min() >= 0.9999
+
+  _, params = modeldir.load_model(out)  # and gembed imports its own export back
+  jax.tree.map(np.testing.assert_array_equal, params, modeldir.load_model(model_dir)[1])
+
+
+def test_a_decoder_config_without_a_transformers_equivalent_is_refused(decoder_model, tmp_path):
+  info, params = modeldir.load_model(decoder_model[1])
+  for config in (info.config.replace(causal=True),
+                 info.config.replace(attention_bias=not info.config.attention_bias)):
+    with pytest.raises(ValueError, match="causal|attention_bias"):
+      sentence_transformers.write_sentence_transformers(dataclasses.replace(info, config=config),
+                                                        params, str(tmp_path / "out"))

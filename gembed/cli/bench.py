@@ -19,6 +19,8 @@ def add_parsers(sub) -> None:
   enc.add_argument("--texts", default=DEFAULT_TEXTS, help="JSONL with query/positive fields")
   enc.add_argument("--n", type=int, default=2048)
   enc.add_argument("--repeats", type=int, default=3)
+  enc.add_argument("--onnx", default=None, metavar="DIR", help="a `gembed export --onnx` "
+                   "directory: time its model in JAX, sentence-transformers and both ONNX files")
   train = kinds.add_parser("train", help="training examples/s, gembed vs sentence-transformers")
   train.add_argument("--triples", default=DEFAULT_TRIPLES)
   train.add_argument("--steps", type=int, default=6)
@@ -54,7 +56,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--max-length", type=int, default=128)
 
 
-PEER_PACKAGES = ("torch", "sentence_transformers", "transformers", "datasets")
+PEER_PACKAGES = ("torch", "sentence_transformers", "transformers", "datasets", "onnxruntime")
 
 
 def run(args) -> int:

@@ -77,7 +77,7 @@ def test_sentence_transformers_loads_the_export_with_equal_embeddings(trained_li
   assert _cosines(truncated, ours).min() >= 0.9999
 
   card = open(os.path.join(out, "README.md")).read()
-  assert "128, 64" in card and "truncate_dim=64" in card
+  assert "128, 64" in card and "truncate_dim=64" in card and '"dimensions": d' in card
 
 
 def test_import_export_import_round_trips(trained_like_model, tmp_path):

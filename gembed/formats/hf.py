@@ -136,9 +136,10 @@ def _decoder_config_dict(config: ModelConfig) -> dict:
 
   transformers 5.24 builds the attention mask in `masking_utils.create_causal_mask`, which returns
   a bidirectional (padding-only) mask for any model whose config has `is_causal: false`; that key
-  alone made all three families equal gembed's encoder, eager and sdpa, padded or not. Gemma's own
-  `use_bidirectional_attention` only clears the attention modules' causal flag (padded batches
-  still got a causal mask), so it is written beside `is_causal`, as EmbeddingGemma-style configs do.
+  alone made all three families equal gembed's encoder, eager and sdpa, padded or not.
+  `use_bidirectional_attention` is not enough there (Llama and Qwen2 ignore it; Gemma clears only
+  its attention modules' causal flag, so padded batches still got a causal mask), but Text
+  Embeddings Inference reads it for Llama (and `is_causal` for Qwen2): both keys are written.
   """
   family = config.family
   if config.causal:
@@ -160,9 +161,10 @@ def _decoder_config_dict(config: ModelConfig) -> dict:
   }
   if family == "qwen2":
     values["use_sliding_window"] = False
+  if family in ("llama", "gemma"):
+    values["use_bidirectional_attention"] = True
   if family == "gemma":
     values["hidden_activation"] = values["hidden_act"]
-    values["use_bidirectional_attention"] = True
   return values
 
 

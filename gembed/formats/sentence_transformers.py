@@ -162,7 +162,10 @@ def _model_card(info, prompts: dict[str, str]) -> str:
               'docs = model.encode(["sorted(iterable) returns a new sorted list."])']
   else:
     lines += ['embeddings = model.encode(["how do I sort a list?", "sorted() returns a new list"])']
-  lines += ["```", ""]
+  lines += ["```", "",
+            "Text Embeddings Inference reads this directory as it is (mean pooling, the Dense head, "
+            "prompts): `\"dimensions\": d` in a request keeps the first d values, "
+            "`\"prompt_name\"` selects a prompt.", ""]
   if prompts:
     lines += ["## Prompts", "",
               "Queries carry a task prompt, documents a title/text format, as in training "

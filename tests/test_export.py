@@ -261,3 +261,20 @@ def test_onnx_int8_stays_close_to_gembed(onnx_export, trained_like_model):
   assert cosines.min() >= 0.98
   size = os.path.getsize(os.path.join(onnx_export, "onnx", "model_qint8.onnx"))
   assert size < 0.3 * os.path.getsize(os.path.join(onnx_export, "onnx", "model.onnx"))
+
+
+def test_eval_scores_the_onnx_files_through_the_same_evaluator(onnx_export, tmp_path):
+  from conftest import shared_data
+  from gembed.evaluation import suite
+
+  data = str(shared_data(""))
+  scores = {}
+  for name, extra in (("jax", []), ("fp32", ["--onnx", os.path.join(onnx_export, "onnx", "model.onnx")]),
+                      ("int8", ["--onnx", os.path.join(onnx_export, "onnx", "model_qint8.onnx")])):
+    out = str(tmp_path / name)
+    assert cli.main(["eval", "--model", onnx_export, "--data", data, "--tasks", "sts/stsb",
+                     "--max-examples", "200", "--dims", "128", "--output", out, *extra]) == 0
+    scores[name] = suite.main_score(json.load(open(os.path.join(out, "results.json"))), "sts/stsb")
+  assert abs(scores["fp32"] - scores["jax"]) < 0.05  # Spearman x 100: the same embeddings
+  assert scores["int8"] != scores["fp32"]  # really the int8 file
+  assert abs(scores["int8"] - scores["jax"]) < 3

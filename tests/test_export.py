@@ -229,15 +229,16 @@ def test_onnx_fp32_embeds_like_gembed(onnx_export, trained_like_model):
   import transformers
 
   fp32 = _onnx_encoder(onnx_export, "model.onnx")
-  for batch_size in (64, 2):  # one padded batch; batches of two
+  ours = TextEncoder(*modeldir.load_model(trained_like_model))
+  gembed_queries = ours.encode(QUERIES, task="search result")
+  gembed_documents = ours.encode(DOCUMENTS)
+  for batch_size in (64, 2):  # one padded batch; batches of two (and a last one of one)
     fp32.batch_size = batch_size
-    onnx_queries = fp32.encode(QUERIES, task="search result")
-    ours = _gembed(trained_like_model, QUERIES, task="search result")
-    assert _cosines(onnx_queries, ours).min() >= 0.9999
-    assert _cosines(fp32.encode(DOCUMENTS), _gembed(trained_like_model, DOCUMENTS)).min() >= 0.9999
+    assert _cosines(fp32.encode(QUERIES, task="search result"), gembed_queries).min() >= 0.9999
+    assert _cosines(fp32.encode(DOCUMENTS), gembed_documents).min() >= 0.9999
   # MRL prefixes come from the full-width output, as in gembed
   assert _cosines(fp32.encode(QUERIES, task="search result", dim=64),
-                  _gembed(trained_like_model, QUERIES, task="search result", dim=64)).min() >= 0.9999
+                  ours.encode(QUERIES, task="search result", dim=64)).min() >= 0.9999
 
   # A lone unpadded text, and the first output: the Transformer module's hidden states, what
   # sentence-transformers' ONNX backend reads from onnx/model.onnx.
@@ -245,7 +246,7 @@ def test_onnx_fp32_embeds_like_gembed(onnx_export, trained_like_model):
   ids, _ = fp32.tokenizer.encode([fp32.info.format_document(DOCUMENTS[2])])
   hidden, embedding = session.run(None, {"input_ids": np.asarray(ids, np.int64),
                                          "attention_mask": np.ones((1, len(ids[0])), np.int64)})
-  assert _cosines(embedding, _gembed(trained_like_model, DOCUMENTS[2:3])).min() >= 0.9999
+  assert _cosines(embedding, gembed_documents[2:3]).min() >= 0.9999
   with torch.no_grad():
     reference = transformers.AutoModel.from_pretrained(onnx_export)(
         input_ids=torch.tensor(ids)).last_hidden_state.numpy()
@@ -278,3 +279,12 @@ def test_eval_scores_the_onnx_files_through_the_same_evaluator(onnx_export, tmp_
   assert abs(scores["fp32"] - scores["jax"]) < 0.05  # Spearman x 100: the same embeddings
   assert scores["int8"] != scores["fp32"]  # really the int8 file
   assert abs(scores["int8"] - scores["jax"]) < 3
+
+
+def test_export_onnx_without_the_extra_says_what_to_install(trained_like_model, tmp_path, monkeypatch,
+                                                            capsys):
+  import sys
+  monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
+  assert cli.main(["export", "--model", trained_like_model, "--output", str(tmp_path / "st"),
+                   "--onnx"]) == 2
+  assert "needs onnxruntime: pip install -e '.[onnx]'" in capsys.readouterr().err

@@ -70,7 +70,8 @@ def export(args) -> int:
     try:
       paths = onnx_export.write_onnx(out)
     except ModuleNotFoundError as e:
-      print(f"gembed export --onnx needs {e.name}: pip install -e '.[onnx]'", file=sys.stderr)
+      package = (e.name or "").split(".")[0]
+      print(f"gembed export --onnx needs {package}: pip install -e '.[onnx]'", file=sys.stderr)
       return 2
     for path in paths:
       print(f"wrote {path}", file=sys.stderr)

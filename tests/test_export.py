@@ -284,7 +284,9 @@ def test_eval_scores_the_onnx_files_through_the_same_evaluator(onnx_export, tmp_
 def test_export_onnx_without_the_extra_says_what_to_install(trained_like_model, tmp_path, monkeypatch,
                                                             capsys):
   import sys
-  monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
+  # As if not installed, even where an earlier test imported it (and its submodules).
+  for name in [m for m in sys.modules if m.startswith("onnxruntime.")] + ["onnxruntime"]:
+    monkeypatch.setitem(sys.modules, name, None)
   assert cli.main(["export", "--model", trained_like_model, "--output", str(tmp_path / "st"),
                    "--onnx"]) == 2
   assert "needs onnxruntime: pip install -e '.[onnx]'" in capsys.readouterr().err

@@ -136,6 +136,11 @@ def _write_json(path: str, value) -> None:
     f.write("\n")
 
 
+# Families Text Embeddings Inference runs (its candle backend, July 2026), and where; it has no
+# Gemma (v1) model.
+_TEI_FAMILIES = {"bert": "", "llama": " on CUDA only", "qwen2": " on CUDA only"}
+
+
 def _model_card(info, prompts: dict[str, str]) -> str:
   dim, dims = info.config.embedding_dim, info.dims
   smallest = dims[-1]
@@ -162,10 +167,11 @@ def _model_card(info, prompts: dict[str, str]) -> str:
               'docs = model.encode(["sorted(iterable) returns a new sorted list."])']
   else:
     lines += ['embeddings = model.encode(["how do I sort a list?", "sorted() returns a new list"])']
-  lines += ["```", "",
-            "Text Embeddings Inference reads this directory as it is (mean pooling, the Dense head, "
-            "prompts): `\"dimensions\": d` in a request keeps the first d values, "
-            "`\"prompt_name\"` selects a prompt.", ""]
+  lines += ["```", ""]
+  if info.config.family in _TEI_FAMILIES:
+    lines += ["Text Embeddings Inference reads this directory as it is (mean pooling, the Dense "
+              f"head, prompts){_TEI_FAMILIES[info.config.family]}: `\"dimensions\": d` in a "
+              "request keeps the first d values, `\"prompt_name\"` selects a prompt.", ""]
   if prompts:
     lines += ["## Prompts", "",
               "Queries carry a task prompt, documents a title/text format, as in training "

@@ -23,6 +23,8 @@ def add_parsers(sub) -> None:
                    "checkpoint); sentence-transformers runs it too when it is an HF directory")
   enc.add_argument("--student", default=None, help="a second model timed on the same texts "
                    "(e.g. a distilled student): its texts/s and speed-up over --model")
+  enc.add_argument("--onnx", default=None, metavar="DIR", help="a `gembed export --onnx` "
+                   "directory: time its model in JAX, sentence-transformers and both ONNX files")
   train = kinds.add_parser("train", help="training examples/s, gembed vs sentence-transformers")
   train.add_argument("--triples", default=DEFAULT_TRIPLES)
   train.add_argument("--steps", type=int, default=6)
@@ -58,7 +60,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--max-length", type=int, default=128)
 
 
-PEER_PACKAGES = ("torch", "sentence_transformers", "transformers", "datasets")
+PEER_PACKAGES = ("torch", "sentence_transformers", "transformers", "datasets", "onnxruntime")
 
 
 def run(args) -> int:

@@ -20,11 +20,14 @@ def add_parsers(sub) -> None:
   ev.add_argument("--max-examples", type=int, default=0, help="cap rows/queries per set (0 = all)")
   ev.add_argument("--batch-size", type=int, default=64)
   ev.add_argument("--max-length", type=int, default=None)
+  ev.add_argument("--onnx", default=None, metavar="FILE", help="encode with this ONNX file of "
+                  "`gembed export --onnx` (onnxruntime, CPU) instead of JAX; --model is its export "
+                  "directory (prompts, tokenizer)")
   ev.set_defaults(func=evaluate)
 
 
 def evaluate(args) -> int:
-  from gembed.encode import TextEncoder
+  from gembed.encode import OnnxEncoder, TextEncoder
   from gembed.evaluation import report, suite
   from gembed.formats import modeldir
 
@@ -33,7 +36,10 @@ def evaluate(args) -> int:
     raise ValueError(f"{args.data}: no evaluation sets found (expected the layout of shared/data)")
   info, params = modeldir.load_model(modeldir.resolve_model_arg(args.model))
   dims = sorted(args.dims or info.dims, reverse=True)
-  encoder = TextEncoder(info, params, batch_size=args.batch_size, max_length=args.max_length)
+  if args.onnx:
+    encoder = OnnxEncoder(info, args.onnx, batch_size=args.batch_size, max_length=args.max_length)
+  else:
+    encoder = TextEncoder(info, params, batch_size=args.batch_size, max_length=args.max_length)
   overrides = {}
   for item in args.prompt_task or []:
     name, sep, task = item.partition("=")

@@ -28,6 +28,8 @@ def add_parsers(sub) -> None:
   ex = sub.add_parser("export", help="write a sentence-transformers model directory")
   ex.add_argument("--model", required=True)
   ex.add_argument("--output", required=True)
+  ex.add_argument("--onnx", action="store_true", help="also write onnx/model.onnx (fp32) and "
+                  "onnx/model_qint8.onnx (int8): needs the onnx extra")
   ex.set_defaults(func=export)
 
 
@@ -63,4 +65,14 @@ def export(args) -> int:
   info, params = modeldir.load_model(modeldir.resolve_model_arg(args.model))
   out = sentence_transformers.write_sentence_transformers(info, params, args.output)
   print(f"wrote a sentence-transformers model to {out}", file=sys.stderr)
+  if args.onnx:
+    from gembed.formats import onnx_export
+    try:
+      paths = onnx_export.write_onnx(out)
+    except ModuleNotFoundError as e:
+      package = (e.name or "").split(".")[0]
+      print(f"gembed export --onnx needs {package}: pip install -e '.[onnx]'", file=sys.stderr)
+      return 2
+    for path in paths:
+      print(f"wrote {path}", file=sys.stderr)
   return 0

@@ -110,19 +110,62 @@ def _decoder_config(hf: dict, path: str) -> ModelConfig:
   )
 
 
+# gembed activation -> Hugging Face name (the inverse of _HF_ACT; tanh-GELU has several there).
+_ACT_HF = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu", "silu": "silu"}
+_DECODER_ARCHITECTURES = {"llama": "LlamaModel", "qwen2": "Qwen2Model", "gemma": "GemmaModel"}
+
+
 def hf_config_dict(config: ModelConfig) -> dict:
-  """The `config.json` a BertModel with these hyperparameters has (for export)."""
-  act = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}[config.hidden_act]
+  """The `config.json` of the Hugging Face model with these hyperparameters (for export)."""
+  if config.is_decoder:
+    return _decoder_config_dict(config)
   return {
       "architectures": ["BertModel"], "model_type": "bert",
       "vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
       "num_hidden_layers": config.num_layers, "num_attention_heads": config.num_heads,
       "intermediate_size": config.intermediate_size,
       "max_position_embeddings": config.max_position, "type_vocab_size": config.type_vocab_size,
-      "layer_norm_eps": config.layer_norm_eps, "hidden_act": act,
+      "layer_norm_eps": config.layer_norm_eps, "hidden_act": _ACT_HF[config.hidden_act],
       "hidden_dropout_prob": config.dropout_rate, "attention_probs_dropout_prob": config.dropout_rate,
       "position_embedding_type": "absolute", "pad_token_id": 0, "initializer_range": 0.02,
   }
+
+
+def _decoder_config_dict(config: ModelConfig) -> dict:
+  """A Llama / Qwen2 / Gemma base model that transformers runs as a bidirectional encoder.
+
+  transformers 5.24 builds the attention mask in `masking_utils.create_causal_mask`, which returns
+  a bidirectional (padding-only) mask for any model whose config has `is_causal: false`; that key
+  alone made all three families equal gembed's encoder, eager and sdpa, padded or not.
+  `use_bidirectional_attention` is not enough there (Llama and Qwen2 ignore it; Gemma clears only
+  its attention modules' causal flag, so padded batches still got a causal mask), but Text
+  Embeddings Inference reads it for Llama (and `is_causal` for Qwen2): both keys are written.
+  """
+  family = config.family
+  if config.causal:
+    raise ValueError("a causal model (config.causal) cannot be exported as an embedder: "
+                     "transformers would load it bidirectionally")
+  if config.attention_bias != (family == "qwen2"):
+    raise ValueError(f"{family} with attention_bias={config.attention_bias} has no Hugging Face "
+                     "equivalent (Qwen2 has q/k/v biases, Llama and Gemma none)")
+  values = {
+      "architectures": [_DECODER_ARCHITECTURES[family]], "model_type": family,
+      "vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
+      "num_hidden_layers": config.num_layers, "num_attention_heads": config.num_heads,
+      "num_key_value_heads": config.kv_heads, "head_dim": config.head_dim,
+      "intermediate_size": config.intermediate_size,
+      "max_position_embeddings": config.max_position, "rms_norm_eps": config.layer_norm_eps,
+      "hidden_act": _ACT_HF[config.hidden_act],
+      "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+      "attention_dropout": 0.0, "initializer_range": 0.02, "is_causal": False,
+  }
+  if family == "qwen2":
+    values["use_sliding_window"] = False
+  if family in ("llama", "gemma"):
+    values["use_bidirectional_attention"] = True
+  if family == "gemma":
+    values["hidden_activation"] = values["hidden_act"]
+  return values
 
 
 @dataclasses.dataclass(frozen=True)
@@ -273,7 +316,8 @@ def load_encoder_params(model_dir: str, config: ModelConfig) -> dict:
 
 
 def encoder_params_to_hf(params: dict, config: ModelConfig) -> dict[str, np.ndarray]:
-  """Inverse of `load_encoder_params`: gembed tree -> Hugging Face BertModel tensors."""
+  """Inverse of `load_encoder_params`: gembed tree -> the tensors of the Hugging Face base model
+  (BertModel, LlamaModel, ...; no `bert.` / `model.` prefix)."""
   from gembed.models.embedder import layer_layout
   params = layer_layout(params, config.replace(scan_layers=False))
   out = {}

@@ -6,7 +6,9 @@ Reading: `modules.json` must be Transformer -> Pooling (mean over every token) -
 
 Writing (`gembed export`):
 
-    <output>/config.json, model.safetensors        BertModel (the same mapping table as import)
+    <output>/config.json, model.safetensors        BertModel, or LlamaModel / Qwen2Model /
+                                                   GemmaModel configured bidirectional (the same
+                                                   mapping table as import; hf.hf_config_dict)
     <output>/tokenizer.json (+ its side files)     the model's own tokenizer
     <output>/modules.json                          Transformer -> Pooling -> [Dense] -> [Normalize]
     <output>/sentence_bert_config.json             max_seq_length
@@ -134,6 +136,11 @@ def _write_json(path: str, value) -> None:
     f.write("\n")
 
 
+# Families Text Embeddings Inference runs (its candle backend, July 2026), and where; it has no
+# Gemma (v1) model.
+_TEI_FAMILIES = {"bert": "", "llama": " on CUDA only", "qwen2": " on CUDA only"}
+
+
 def _model_card(info, prompts: dict[str, str]) -> str:
   dim, dims = info.config.embedding_dim, info.dims
   smallest = dims[-1]
@@ -161,6 +168,10 @@ def _model_card(info, prompts: dict[str, str]) -> str:
   else:
     lines += ['embeddings = model.encode(["how do I sort a list?", "sorted() returns a new list"])']
   lines += ["```", ""]
+  if info.config.family in _TEI_FAMILIES:
+    lines += ["Text Embeddings Inference reads this directory as it is (mean pooling, the Dense "
+              f"head, prompts){_TEI_FAMILIES[info.config.family]}: `\"dimensions\": d` in a "
+              "request keeps the first d values, `\"prompt_name\"` selects a prompt.", ""]
   if prompts:
     lines += ["## Prompts", "",
               "Queries carry a task prompt, documents a title/text format, as in training "
@@ -174,14 +185,13 @@ def _model_card(info, prompts: dict[str, str]) -> str:
 def write_sentence_transformers(info, params: dict, output: str) -> str:
   """Writes the sentence-transformers directory of a model (`ModelInfo`, params) to `output`."""
   config = info.config
-  if config.family != "bert":
-    raise ValueError(f"{info.source}: export supports the bert family, not {config.family!r}")
+  hf_config = hf.hf_config_dict(config)  # first: it refuses configs transformers cannot express
   prompts = sentence_transformers_prompts(info)
   os.makedirs(output, exist_ok=True)
 
   save_file(hf.encoder_params_to_hf(params, config), os.path.join(output, "model.safetensors"),
             metadata={"format": "pt"})
-  _write_json(os.path.join(output, "config.json"), hf.hf_config_dict(config))
+  _write_json(os.path.join(output, "config.json"), hf_config)
   tokenizer_dir = os.path.dirname(info.tokenizer_file)
   for name in (hf.TOKENIZER_FILE, *hf.TOKENIZER_SIDE_FILES):
     source = os.path.join(tokenizer_dir, name)

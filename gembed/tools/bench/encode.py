@@ -1,5 +1,6 @@
-"""`gembed bench encode`: texts/s of encoding, gembed vs sentence-transformers, and a second
-gembed model (a distilled student) beside the first on the same texts."""
+"""`gembed bench encode`: texts/s of encoding, gembed vs sentence-transformers; with `--onnx DIR`
+also the export's ONNX files through onnxruntime, with `--student M` a second gembed model (a
+distilled student) on the same texts."""
 
 from __future__ import annotations
 
@@ -11,22 +12,27 @@ from gembed.tools.bench.common import read_rows
 
 
 def run(args) -> dict:
-  """Encoding texts/s of `--model` (default: the shipped checkpoint) with gembed and, when it is
-  a Hugging Face / sentence-transformers directory, with sentence-transformers (same batch and
-  max length); with `--student`, that model's gembed texts/s and its speed-up over `--model`."""
-  from gembed.encode import TextEncoder
-  from gembed.formats import modeldir
+  """Encoding texts/s of the same texts, batch and max length on every side; medians. The model
+  is `--onnx DIR`'s, else `--model` (default: the shipped checkpoint); sentence-transformers runs
+  it when it is a Hugging Face / sentence-transformers directory."""
+  from gembed.encode import OnnxEncoder, TextEncoder
+  from gembed.formats import modeldir, onnx_export
 
   rows = read_rows(args.texts, args.n // 2 + 1)
   texts = [t for r in rows for t in (r["query"], r["positive"])][:args.n]
-  model = modeldir.resolve_model_arg(args.model) if args.model else modeldir.default_model_dir()
-  sides = {"gembed": _gembed_encode(TextEncoder, modeldir.load_model(model), args)}
+  model = args.onnx or (modeldir.resolve_model_arg(args.model) if args.model
+                        else modeldir.default_model_dir())
+  info, params = modeldir.load_model(str(model))
+  sides = {"gembed": _gembed_encode(TextEncoder, info, params, args)}
+  if os.path.isfile(os.path.join(str(model), "config.json")):  # what sentence-transformers loads
+    sides["sentence_transformers"] = _peer_encode(str(model), args)
+  if args.onnx:  # the ONNX files run through gembed's own tokenizer, buckets and batches
+    for name, file in (("onnx_fp32", onnx_export.FP32_FILE), ("onnx_int8", onnx_export.INT8_FILE)):
+      sides[name] = OnnxEncoder(info, os.path.join(args.onnx, onnx_export.ONNX_SUBDIR, file),
+                                batch_size=args.batch_size, max_length=args.max_length).encode
   if args.student:
-    sides["student"] = _gembed_encode(TextEncoder, modeldir.load_model(
-        modeldir.resolve_model_arg(args.student)), args)
-  peer_dir = str(model)
-  if os.path.isfile(os.path.join(peer_dir, "config.json")):  # what sentence-transformers loads
-    sides["sentence_transformers"] = _peer_encode(peer_dir, args)
+    sides["student"] = _gembed_encode(
+        TextEncoder, *modeldir.load_model(modeldir.resolve_model_arg(args.student)), args)
   for encode in sides.values():
     encode(texts)  # compile every length bucket once / warm up
   rates = {name: [] for name in sides}
@@ -35,19 +41,22 @@ def run(args) -> dict:
       start = time.perf_counter()
       encode(texts)
       rates[name].append(len(texts) / (time.perf_counter() - start))
-  result = {"texts": len(texts), "batch_size": args.batch_size, "max_length": args.max_length,
-            "model": str(model)}
-  result.update({f"{name}_texts_per_s": statistics.median(r) for name, r in rates.items()})
+  result = {"model": str(model), "texts": len(texts), "batch_size": args.batch_size,
+            "max_length": args.max_length}
+  for name in sides:
+    result[f"{name}_texts_per_s"] = statistics.median(rates[name])
   if "sentence_transformers" in sides:
     result["ratio"] = result["gembed_texts_per_s"] / result["sentence_transformers_texts_per_s"]
+  for name in sides:
+    if name.startswith("onnx"):
+      result[f"{name}_vs_gembed"] = result[f"{name}_texts_per_s"] / result["gembed_texts_per_s"]
   if args.student:
     result["student"] = args.student
     result["student_speedup"] = result["student_texts_per_s"] / result["gembed_texts_per_s"]
   return result
 
 
-def _gembed_encode(text_encoder, model, args):
-  info, params = model
+def _gembed_encode(text_encoder, info, params, args):
   return text_encoder(info, params, batch_size=args.batch_size, max_length=args.max_length).encode
 
 

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from gembed import chunks, losses
+from gembed.models import lora
 from gembed.models.config import ModelConfig
 from gembed.models.embedder import apply_model
 
@@ -86,7 +87,17 @@ def contrastive_loss(loss_config: LossConfig, query, positive, negatives, batch)
   return total, metrics
 
 
+def frozen_base(params, model_config: ModelConfig):
+  """With adapters (lora_rank > 0) everything but `lora.trainable_mask`'s leaves is a constant of
+  the step: no gradient is computed for the frozen weights, only through their activations."""
+  if not model_config.lora_rank:
+    return params
+  return jax.tree.map(lambda p, trained: p if trained else jax.lax.stop_gradient(p), params,
+                      lora.trainable_mask(params))
+
+
 def loss_fn(params, batch, rng, model_config: ModelConfig, loss_config: LossConfig):
+  params = frozen_base(params, model_config)
   query, positive, negatives = embed_batch(model_config, params, batch, rng)
   return contrastive_loss(loss_config, query, positive, negatives, batch)
 
@@ -105,7 +116,7 @@ def cached_loss_and_grads(params, batch, rng, model_config: ModelConfig, loss_co
   """
   def forward(ids, mask, chunk_rng, index, p):
     r = None if chunk_rng is None else jax.random.fold_in(chunk_rng, index)
-    return apply_model(model_config, p, ids, mask, r)
+    return apply_model(model_config, frozen_base(p, model_config), ids, mask, r)
 
   embeddings = []
   for ids, mask, stream_rng in _text_streams(batch, rng):

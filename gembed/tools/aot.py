@@ -32,7 +32,7 @@ def compile_train_step(config, devices=None):
   model_config = model_config_for_run(
       modeldir.read_model_config(modeldir.resolve_model_arg(config.model.init)), config.model)
   mesh = sharding.make_mesh(config.mesh.shape, devices)
-  optimizer, schedule = make_optimizer(config.optim)
+  optimizer, schedule = make_optimizer(config.optim, frozen_base=bool(model_config.lora_rank))
   abstract = abstract_train_state(model_config, optimizer, mesh)
   step = jit_train_step(config, model_config, optimizer, schedule, abstract, mesh)
   compiled = step.lower(abstract, abstract_batch(config, mesh)).compile()

@@ -107,6 +107,27 @@ def test_train_steps_update_only_the_adapters_and_skip_frozen_gradients():
   assert flops["lora"] < 0.75 * flops["full"], flops
 
 
+def test_sharded_adapter_step_equals_single_device():
+  c = common.get_base_config()
+  c.optim.learning_rate = 1e-3
+  c.data.global_batch_size = 8
+  c.loss.mrl_dims = (32,)
+  config = TINY.replace(lora_rank=4)
+  base = jax.tree.map(np.asarray, embedder.init_params(TINY, jax.random.PRNGKey(0)))
+  params = initial_params(TINY, base, config, jax.random.PRNGKey(1))
+  optimizer, schedule = make_optimizer(c.optim, frozen_base=True)
+  ends = []
+  for mesh in (sharding.make_mesh("data", jax.devices()[:1]), sharding.make_mesh("2,4,1")):
+    abstract = abstract_train_state(config, optimizer, mesh)
+    step = jit_train_step(c, config, optimizer, schedule, abstract, mesh)
+    state = init_train_state(params, optimizer, jax.random.PRNGKey(2), abstract)
+    for seed in range(2):
+      state, _ = step(state, random_batch(seed))
+    ends.append(jax.tree.map(np.asarray, lora.split(state.params)[0]))
+  # A 2x4 mesh sums in another order: tolerances as in shared/docs/pitfalls.md.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4), *ends)
+
+
 def test_minilm_adapter_memory_and_merged_embeddings(minilm):
   info, base = minilm
   config = info.config.replace(lora_rank=8)

@@ -75,6 +75,9 @@ def get_base_config():
   #                          own layers, e.g. (1, 3, 5)); () = every layer
   c.model.remat_policy = "nothing_saveable"  # what remat keeps (jax.checkpoint_policies name):
   #   nothing_saveable (least memory) | dots_with_no_batch_dims_saveable | dots_saveable
+  c.model.lora_rank = 0  # > 0: low-rank adapters on a frozen encoder (docs/adapters.md); 0 = off
+  c.model.lora_alpha = 16.0  # adapter output scale = lora_alpha / lora_rank
+  c.model.lora_targets = ("query", "key", "value", "out", "mlp_in", "mlp_out")  # adapted projections
 
   c.prompts = ml_collections.ConfigDict()
   c.prompts.query = GEMINI_QUERY_PROMPT  # "" trains without a query prompt

@@ -1,9 +1,12 @@
-"""Optimizer: AdamW with warmup + decay, global-norm clipping and a weight-decay mask."""
+"""Optimizer: AdamW with warmup + decay, global-norm clipping, a weight-decay mask, and a frozen
+base for adapter runs."""
 
 from __future__ import annotations
 
 import jax
 import optax
+
+from gembed.models import lora
 
 
 def learning_rate_schedule(peak: float, warmup_steps: int, total_steps: int, decay: str = "linear",
@@ -33,8 +36,10 @@ def new_head_mask(params):
       lambda path, _: path[0].key == "projection", params)
 
 
-def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """`config` is the `optim` group of a training config."""
+def make_optimizer(config, frozen_base: bool = False
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """`config` is the `optim` group of a training config. `frozen_base` (adapter runs): only
+  `lora.trainable_mask`'s leaves are updated, and only they get optimizer state."""
   schedule = learning_rate_schedule(config.learning_rate, config.warmup_steps, config.total_steps,
                                     config.decay, config.end_factor)
   if config.name == "adamw":
@@ -51,4 +56,9 @@ def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule
   multiplier = config.get("projection_lr_multiplier", 1.0)
   if multiplier != 1.0:
     chain.append(optax.masked(optax.scale(multiplier), new_head_mask))
-  return optax.chain(*chain), schedule
+  optimizer = optax.chain(*chain)
+  if frozen_base:
+    optimizer = optax.multi_transform(
+        {"train": optimizer, "frozen": optax.set_to_zero()},
+        lambda params: jax.tree.map(lambda t: "train" if t else "frozen", lora.trainable_mask(params)))
+  return optimizer, schedule

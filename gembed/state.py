@@ -16,7 +16,7 @@ import numpy as np
 import optax
 
 from gembed import sharding
-from gembed.models import embedder
+from gembed.models import embedder, lora
 from gembed.models.config import ModelConfig
 from gembed.steps import LossConfig, TrainState, train_step
 
@@ -34,7 +34,9 @@ def model_config_for_run(init: ModelConfig, cfg) -> ModelConfig:
   return init.replace(projection_dim=projection_dim, projection_bias=cfg.projection_bias,
                       projection_init=cfg.projection_init, num_layers=len(keep) or init.num_layers,
                       dropout_rate=cfg.dropout_rate, compute_dtype=cfg.compute_dtype,
-                      remat=cfg.remat, remat_policy=cfg.remat_policy, scan_layers=cfg.scan_layers)
+                      remat=cfg.remat, remat_policy=cfg.remat_policy, scan_layers=cfg.scan_layers,
+                      lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
+                      lora_targets=tuple(cfg.lora_targets))
 
 
 def teacher_config_for_run(teacher: ModelConfig, student: ModelConfig) -> ModelConfig:
@@ -52,28 +54,38 @@ def loss_dims(config, model_config: ModelConfig) -> tuple[int, ...]:
 
 def initial_params(init_config: ModelConfig, init_params: dict, config: ModelConfig, rng,
                    keep_layers=()) -> dict:
-  """Pretrained encoder (in this run's layer layout; only `keep_layers` of it when given); a new
-  randomly initialised projection head unless the init has one."""
+  """Pretrained encoder (in this run's layer layout; an init's adapters merged into it; only
+  `keep_layers` of it when given); a new randomly initialised projection head unless the init
+  has one; new adapters (B = 0) when this run has them."""
+  init_params, init_config = lora.merge(init_params, init_config)
   params = dict(init_params)
   if keep_layers:
     params = embedder.keep_layers(params, init_config, keep_layers)
   params = embedder.layer_layout(params, config)
   keep_head = (init_config.projection_dim == config.projection_dim
                and init_config.projection_bias == config.projection_bias)
+  fresh = None
+  if (config.projection_dim and not keep_head) or config.lora_rank:
+    fresh = jax.tree_util.tree_map(np.asarray, embedder.init_params(config, rng))
   if config.projection_dim and not keep_head:
-    fresh = embedder.init_params(config, rng)
-    params["projection"] = jax.tree_util.tree_map(np.asarray, fresh["projection"])
+    params["projection"] = fresh["projection"]
     log.info("new projection head %d -> %d", config.hidden_size, config.projection_dim)
   elif not config.projection_dim:
     params.pop("projection", None)
+  if config.lora_rank:
+    adapters, _ = lora.split({"encoder": fresh["encoder"]})  # the encoder's factors, not the head
+    params = lora.combine(params, adapters)
+    log.info("new rank-%d adapters on %s", config.lora_rank, ", ".join(config.lora_targets))
   return params
 
 
 def optimizer_state_sharding(optimizer, abstract_params, param_sharding, mesh):
-  """Optimizer moments take their parameter's sharding; counts and scalars are replicated."""
+  """Optimizer moments take their parameter's sharding; counts and scalars are replicated. A
+  frozen parameter (adapter runs) has no moments: its place holds a MaskedNode."""
+  masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
   return optax.tree_map_params(
-      optimizer, lambda _, s: s, jax.eval_shape(optimizer.init, abstract_params), param_sharding,
-      transform_non_params=lambda _: sharding.replicated(mesh))
+      optimizer, lambda x, s: x if masked(x) else s, jax.eval_shape(optimizer.init, abstract_params),
+      param_sharding, transform_non_params=lambda _: sharding.replicated(mesh), is_leaf=masked)
 
 
 def abstract_train_state(model_config: ModelConfig, optimizer, mesh) -> TrainState:

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from gembed import chunks, losses
+from gembed.models import lora
 from gembed.models.config import ModelConfig
 from gembed.models.embedder import apply_model
 
@@ -95,6 +96,15 @@ def contrastive_loss(loss_config: LossConfig, query, positive, negatives, batch)
   return total, metrics
 
 
+def frozen_base(params, model_config: ModelConfig):
+  """With adapters (lora_rank > 0) everything but `lora.trainable_mask`'s leaves is a constant of
+  the step: no gradient is computed for the frozen weights, only through their activations."""
+  if not model_config.lora_rank:
+    return params
+  return jax.tree.map(lambda p, trained: p if trained else jax.lax.stop_gradient(p), params,
+                      lora.trainable_mask(params))
+
+
 def distillation_loss(loss_config: LossConfig, student, teacher, batch):
   """The teacher's embeddings taught to the student's (query, positive, negatives or None):
   weighted embedding matching over every text and similarity-structure matching over the batch
@@ -136,7 +146,8 @@ def embeddings_loss(loss_config: LossConfig, student, batch, teacher=None):
 
 
 def loss_fn(params, batch, rng, model_config: ModelConfig, loss_config: LossConfig, teacher=None):
-  return embeddings_loss(loss_config, embed_batch(model_config, params, batch, rng), batch, teacher)
+  student = embed_batch(model_config, frozen_base(params, model_config), batch, rng)
+  return embeddings_loss(loss_config, student, batch, teacher)
 
 
 def embed_in_chunks(model_config: ModelConfig, params, batch, rng, chunk_size: int):
@@ -187,7 +198,8 @@ def cached_loss_and_grads(params, batch, rng, model_config: ModelConfig, loss_co
     def backprop(acc, chunk, stream_rng=stream_rng):
       index, ids_c, mask_c, g_c = chunk
       r = None if stream_rng is None else jax.random.fold_in(stream_rng, index)
-      _, pull = jax.vjp(lambda p: apply_model(model_config, p, ids_c, mask_c, r), params)
+      _, pull = jax.vjp(lambda p: apply_model(model_config, frozen_base(p, model_config), ids_c,
+                                              mask_c, r), params)
       return jax.tree.map(jnp.add, acc, pull(g_c)[0]), None
     cotangent = cotangent.reshape(ids.shape[0], -1)
     pieces = [chunks.to_chunks(x, chunk_size) for x in (ids, mask, cotangent)]

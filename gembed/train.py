@@ -3,7 +3,8 @@
     mesh -> model (init or resume) -> data -> jitted step -> loop (log, checkpoint, dev eval)
 
 The workdir is a self-describing model directory from the first step on (gembed_model.json,
-tokenizer.json, checkpoints/), so `gembed encode --model WORKDIR` works at any time.
+tokenizer.json, checkpoints/), so `gembed encode --model WORKDIR` works at any time. A LoRA run
+(model.lora_rank > 0) also writes its adapter alone to WORKDIR/adapter at every checkpoint.
 
 Resume order: a run started again with the same workdir continues from
   1. its own newest checkpoint that reads: parameters, optimizer state, step, RNG, per-task step
@@ -33,6 +34,7 @@ from etils import epath
 
 from gembed import checkpoint, flops, sharding
 from gembed.formats import modeldir
+from gembed.models import lora
 from gembed.optim import make_optimizer
 from gembed.models import embedder
 from gembed.state import (abstract_params, abstract_train_state, init_train_state, initial_params,
@@ -96,7 +98,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   # Mesh, sharded state and this host's data.
   mesh = sharding.make_mesh(config.mesh.shape)
-  optimizer, schedule = make_optimizer(config.optim)
+  optimizer, schedule = make_optimizer(config.optim, frozen_base=bool(model_config.lora_rank))
   abstract = abstract_train_state(model_config, optimizer, mesh)
   state = init_train_state(params, optimizer, state_rng, abstract)
   teacher, teacher_params = _teacher(config, info, model_config, mesh)
@@ -148,6 +150,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
         train=ocp.args.StandardSave({"step": np.int64(step), "rng": np.asarray(state.rng),
                                      "task_steps": task_steps.copy()}),
         data=DataIteratorSave(iterator)))
+    if model_config.lora_rank:  # the adapter alone, beside the checkpoints (docs/adapters.md)
+      adapter_dir = os.path.join(workdir, modeldir.ADAPTER_SUBDIR)
+      if jax.process_index() == 0:
+        modeldir.write_adapter_info(info, adapter_dir, step)
+      checkpoint.save_params(os.path.join(adapter_dir, modeldir.PARAMS_SUBDIR),
+                             lora.split(state.params)[0])
 
   d = config.data
   peak = flops.peak_flops_per_device(config.train.peak_flops_per_device) * jax.device_count()

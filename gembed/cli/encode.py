@@ -10,6 +10,8 @@ def add_parsers(sub) -> None:
   enc = sub.add_parser("encode", help="embed texts (.txt: one per line; .jsonl: a 'text' field)")
   enc.add_argument("--model", required=True, help="model directory, workdir[@best|@STEP], or "
                    "all-MiniLM-L6-v2 (the shipped checkpoint)")
+  enc.add_argument("--adapter", default=None, help="an adapter directory (a LoRA run's "
+                   "WORKDIR/adapter) applied to --model, the base it was trained on")
   enc.add_argument("--input", required=True)
   enc.add_argument("--output", required=True, help=".npy file, one row per input line")
   enc.add_argument("--task", default=None, help="encode as queries with this task's prompt "
@@ -30,7 +32,7 @@ def encode(args) -> int:
   from gembed.textio import read_texts
 
   texts = read_texts(args.input)
-  info, params = modeldir.load_model(modeldir.resolve_model_arg(args.model))
+  info, params = modeldir.load_model(modeldir.resolve_model_arg(args.model), args.adapter)
   encoder = TextEncoder(info, params, batch_size=args.batch_size, max_length=args.max_length)
   normalize = info.normalize and not args.no_normalize
   embeddings = encoder.encode(texts, task=args.task, dim=args.dim, normalize=normalize,

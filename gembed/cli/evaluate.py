@@ -6,6 +6,8 @@ from __future__ import annotations
 def add_parsers(sub) -> None:
   ev = sub.add_parser("eval", help="MTEB-style evaluation at every MRL dimension")
   ev.add_argument("--model", required=True)
+  ev.add_argument("--adapter", default=None, help="an adapter directory (a LoRA run's "
+                  "WORKDIR/adapter) applied to --model, the base it was trained on")
   ev.add_argument("--data", required=True, help="directory in the layout of shared/data")
   ev.add_argument("--output", required=True)
   ev.add_argument("--tasks", nargs="*", default=None,
@@ -34,7 +36,7 @@ def evaluate(args) -> int:
   sets = suite.select(suite.discover(args.data, args.split), args.tasks)
   if not sets:
     raise ValueError(f"{args.data}: no evaluation sets found (expected the layout of shared/data)")
-  info, params = modeldir.load_model(modeldir.resolve_model_arg(args.model))
+  info, params = modeldir.load_model(modeldir.resolve_model_arg(args.model), args.adapter)
   dims = sorted(args.dims or info.dims, reverse=True)
   if args.onnx:
     encoder = OnnxEncoder(info, args.onnx, batch_size=args.batch_size, max_length=args.max_length)
@@ -48,7 +50,7 @@ def evaluate(args) -> int:
     overrides[name] = task
   results = suite.evaluate(suite.ModelEmbedder(encoder), sets, dims, args.max_examples,
                            progress=True, prompt_overrides=overrides)
-  results = {"model": args.model, **results}
+  results = {"model": args.model, "adapter": args.adapter, **results}
   report.write_results(results, args.output)
   print(report.results_markdown(results))
   return 0

@@ -27,6 +27,8 @@ def add_parsers(sub) -> None:
 
   ex = sub.add_parser("export", help="write a sentence-transformers model directory")
   ex.add_argument("--model", required=True)
+  ex.add_argument("--adapter", default=None, help="an adapter directory applied to --model and "
+                  "merged into its weights (a LoRA workdir given as --model is merged too)")
   ex.add_argument("--output", required=True)
   ex.add_argument("--onnx", action="store_true", help="also write onnx/model.onnx (fp32) and "
                   "onnx/model_qint8.onnx (int8): needs the onnx extra")
@@ -62,7 +64,8 @@ def soup(args) -> int:
 def export(args) -> int:
   from gembed.formats import modeldir, sentence_transformers
 
-  info, params = modeldir.load_model(modeldir.resolve_model_arg(args.model))
+  info, params = modeldir.merged(*modeldir.load_model(modeldir.resolve_model_arg(args.model),
+                                                      args.adapter))
   out = sentence_transformers.write_sentence_transformers(info, params, args.output)
   print(f"wrote a sentence-transformers model to {out}", file=sys.stderr)
   if args.onnx:

@@ -5,6 +5,8 @@
 2. A gembed training workdir: latest checkpoint, or `DIR@best` / `DIR@STEP`.
 3. A directory written by `gembed soup` (gembed_model.json + params/) or `gembed export`
    (a sentence-transformers directory, so case 1).
+Any of them may carry an adapter directory (`--adapter`, written by a LoRA run: adapter.json +
+params/ of its trainable leaves; docs/adapters.md).
 
 A gembed model directory is self-describing: `gembed_model.json` holds the model config,
 max length, normalisation, prompts and MRL dimensions; `tokenizer.json` sits beside it.
@@ -16,17 +18,21 @@ import dataclasses
 import json
 import os
 
+import jax
 from etils import epath
 
 from gembed import checkpoint
 from gembed.formats import hf, sentence_transformers
 from gembed.formats.hf import TOKENIZER_FILE, TOKENIZER_SIDE_FILES
+from gembed.models import embedder, lora
 from gembed.models.config import ModelConfig
 
 META_FILE = "gembed_model.json"
 BEST_FILE = "best.json"
 BEST_SUBDIR = "best"  # parameters of the best dev checkpoint, apart from the resume checkpoints
 PARAMS_SUBDIR = "params"
+ADAPTER_FILE = "adapter.json"
+ADAPTER_SUBDIR = "adapter"  # a LoRA run's adapter, in its workdir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,8 +167,48 @@ def resolve_workdir_step(workdir: str, which: str | None) -> int:
   return int(which)
 
 
-def load_model(spec: str) -> tuple[ModelInfo, dict]:
-  """Any `--model` argument -> (ModelInfo, params as host numpy arrays)."""
+def write_adapter_info(info: ModelInfo, directory: str, step: int) -> None:
+  """adapter.json: the base `--model` spec the adapter was trained on (`info.source`), the step,
+  and the adapted model's ModelInfo (its config names lora_rank, lora_alpha, lora_targets). The
+  trainer writes params/ beside it: `lora.split`'s trainable leaves alone (factors, head)."""
+  target = epath.Path(checkpoint.absolute(directory))
+  target.mkdir(parents=True, exist_ok=True)
+  (target / ADAPTER_FILE).write_text(json.dumps(
+      {"base": info.source, "step": step, "model": info.to_json()}, indent=2))
+
+
+def apply_adapter(base: tuple[ModelInfo, dict], directory: str) -> tuple[ModelInfo, dict]:
+  """(ModelInfo, params) of the base model with the adapter in `directory` on it (unmerged: the
+  model as trained). The base's own adapters, if any, are merged into it first; the tokenizer is
+  the base's; everything else (prompts, dims, head, lora settings) is the adapter's."""
+  root = epath.Path(checkpoint.absolute(directory))
+  if not (root / ADAPTER_FILE).exists():
+    raise FileNotFoundError(f"--adapter {directory}: no {ADAPTER_FILE}")
+  meta = json.loads((root / ADAPTER_FILE).read_text())
+  base_info, base_params = merged(*base)
+  info = dataclasses.replace(ModelInfo.from_json(meta["model"], str(root)),
+                             tokenizer_file=base_info.tokenizer_file)
+  params = lora.combine(embedder.layer_layout(base_params, info.config),
+                        checkpoint.load_params(str(root / PARAMS_SUBDIR)))
+  want = jax.eval_shape(lambda: embedder.init_params(info.config, jax.random.PRNGKey(0)))
+  have = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+  if jax.tree.structure(want) != jax.tree.structure(have) or want != have:
+    raise ValueError(f"--adapter {directory} was trained on {meta['base']}, a model of another "
+                     f"architecture than the base given ({base_info.source or 'the --model'})")
+  return info, params
+
+
+def merged(info: ModelInfo, params) -> tuple[ModelInfo, dict]:
+  """The model with its adapters folded into its kernels (`lora.merge`); unchanged without."""
+  params, config = lora.merge(params, info.config)
+  return dataclasses.replace(info, config=config), params
+
+
+def load_model(spec: str, adapter: str | None = None) -> tuple[ModelInfo, dict]:
+  """Any `--model` argument (and an `--adapter` directory on it) -> (ModelInfo, params as host
+  numpy arrays)."""
+  if adapter:
+    return apply_adapter(load_model(spec), adapter)
   path, which = _split_spec(spec)
   root = epath.Path(checkpoint.absolute(path))
   if not root.is_dir():

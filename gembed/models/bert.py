@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from gembed import sharding
+from gembed.models import lora
 from gembed.models.config import ModelConfig
 
 _INIT = nn.initializers.normal(stddev=0.02)
@@ -95,26 +96,16 @@ class SelfAttention(nn.Module):
   def __call__(self, x, attention_bias, deterministic: bool):
     cfg = self.config
     dtype = jnp.dtype(cfg.compute_dtype)
-    qkv = functools.partial(
-        nn.DenseGeneral,
-        features=(cfg.num_heads, cfg.head_dim),
-        dtype=dtype,
-        kernel_init=_dense_init(("embed", "heads", "kv")),
-        bias_init=_zeros(("heads", "kv")),
-    )
-    query = qkv(name="query")(x)
-    key = qkv(name="key")(x)
-    value = qkv(name="value")(x)
+
+    def qkv(name):
+      return lora.dense(cfg, name, ("embed", "heads", "kv"), features=(cfg.num_heads, cfg.head_dim),
+                        dtype=dtype, bias_init=_zeros(("heads", "kv")), name=name)(x)
+
+    query, key, value = qkv("query"), qkv("key"), qkv("value")
     dropout = functools.partial(nn.Dropout(cfg.dropout_rate), deterministic=deterministic)
     context = attend(query, key, value, attention_bias, dtype, dropout)
-    return nn.DenseGeneral(
-        features=cfg.hidden_size,
-        axis=(-2, -1),
-        dtype=dtype,
-        kernel_init=_dense_init(("heads", "kv", "embed")),
-        bias_init=_zeros(("embed",)),
-        name="out",
-    )(context)
+    return lora.dense(cfg, "out", ("heads", "kv", "embed"), features=cfg.hidden_size, axis=(-2, -1),
+                      dtype=dtype, bias_init=_zeros(("embed",)), name="out")(context)
 
 
 class EncoderLayer(nn.Module):
@@ -130,13 +121,11 @@ class EncoderLayer(nn.Module):
     attended = SelfAttention(cfg, name="attention")(x, attention_bias, deterministic)
     x = layer_norm(cfg.layer_norm_eps, name="attention_norm")(
         x + dropout(attended, deterministic=deterministic))
-    hidden = nn.Dense(cfg.intermediate_size, dtype=dtype,
-                      kernel_init=_dense_init(("embed", "mlp")), bias_init=_zeros(("mlp",)),
-                      name="mlp_in")(x.astype(dtype))
+    hidden = lora.dense(cfg, "mlp_in", ("embed", "mlp"), features=cfg.intermediate_size,
+                        dtype=dtype, bias_init=_zeros(("mlp",)), name="mlp_in")(x.astype(dtype))
     hidden = activation(cfg.hidden_act)(hidden)
-    out = nn.Dense(cfg.hidden_size, dtype=dtype,
-                   kernel_init=_dense_init(("mlp", "embed")), bias_init=_zeros(("embed",)),
-                   name="mlp_out")(hidden)
+    out = lora.dense(cfg, "mlp_out", ("mlp", "embed"), features=cfg.hidden_size, dtype=dtype,
+                     bias_init=_zeros(("embed",)), name="mlp_out")(hidden)
     x = layer_norm(cfg.layer_norm_eps, name="mlp_norm")(x + dropout(out, deterministic=deterministic))
     x = sharding.constrain(x, ("batch", "length", "embed"))
     return (x, None) if cfg.scan_layers else x  # nn.scan wants (carry, output)

@@ -8,6 +8,7 @@ from typing import Any
 
 DECODER_FAMILIES = ("llama", "qwen2", "gemma")
 FAMILIES = ("bert",) + DECODER_FAMILIES
+LORA_TARGETS = ("query", "key", "value", "out", "mlp_in", "mlp_out")  # the same for every family
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +46,10 @@ class ModelConfig:
   scan_layers: bool = False  # one nn.scan over stacked layer parameters (compiles one layer)
   remat_policy: str = "nothing_saveable"  # what remat keeps: nothing_saveable | dots_saveable |
   #                                         dots_with_no_batch_dims_saveable (jax.checkpoint_policies)
+  # Low-rank adapters on the encoder's projections (gembed/models/lora.py); 0 = none:
+  lora_rank: int = 0
+  lora_alpha: float = 16.0  # the adapter's output scale is lora_alpha / lora_rank
+  lora_targets: tuple[str, ...] = ("query", "key", "value", "out", "mlp_in", "mlp_out")
 
   @property
   def head_dim(self) -> int:
@@ -74,7 +79,15 @@ class ModelConfig:
       raise ValueError(f"unknown model config key(s): {', '.join(unknown)}; known: {sorted(known)}")
     if values.get("family", "bert") not in FAMILIES:
       raise ValueError(f"unsupported encoder family {values['family']!r}; supported: {FAMILIES}")
+    values = dict(values)
+    if "lora_targets" in values:  # a JSON list; the config must stay hashable
+      values["lora_targets"] = tuple(values["lora_targets"])
     return cls(**values)
+
+  def __post_init__(self):
+    unknown = sorted(set(self.lora_targets) - set(LORA_TARGETS))
+    if unknown:
+      raise ValueError(f"unknown lora_targets {unknown}; known: {LORA_TARGETS}")
 
   def replace(self, **changes) -> "ModelConfig":
     return dataclasses.replace(self, **changes)

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from gembed import sharding
+from gembed.models import lora
 from gembed.models.bert import _dense_init, _ones, _zeros, activation, attend, run_layers
 from gembed.models.config import ModelConfig
 
@@ -55,9 +56,8 @@ class DecoderAttention(nn.Module):
     dtype = jnp.dtype(cfg.compute_dtype)
 
     def projection(name, heads, axis):
-      return nn.DenseGeneral(features=(heads, cfg.head_dim), dtype=dtype, use_bias=cfg.attention_bias,
-                             kernel_init=_dense_init(("embed", axis, "kv")),
-                             bias_init=_zeros((axis, "kv")), name=name)(x)
+      return lora.dense(cfg, name, ("embed", axis, "kv"), features=(heads, cfg.head_dim), dtype=dtype,
+                        use_bias=cfg.attention_bias, bias_init=_zeros((axis, "kv")), name=name)(x)
 
     query = rotary(projection("query", cfg.num_heads, "heads"), positions, cfg.rope_theta)
     key = rotary(projection("key", cfg.kv_heads, "kv_heads"), positions, cfg.rope_theta)
@@ -66,8 +66,8 @@ class DecoderAttention(nn.Module):
     groups = cfg.num_heads // cfg.kv_heads
     key, value = (jnp.repeat(t, groups, axis=2) for t in (key, value))
     context = attend(query, key, value, attention_bias, dtype)
-    return nn.DenseGeneral(features=cfg.hidden_size, axis=(-2, -1), dtype=dtype, use_bias=False,
-                           kernel_init=_dense_init(("heads", "kv", "embed")), name="out")(context)
+    return lora.dense(cfg, "out", ("heads", "kv", "embed"), features=cfg.hidden_size, axis=(-2, -1),
+                      dtype=dtype, use_bias=False, name="out")(context)
 
 
 class DecoderLayer(nn.Module):
@@ -84,12 +84,13 @@ class DecoderLayer(nn.Module):
     x = x + DecoderAttention(cfg, name="attention")(normed, positions, attention_bias)
     normed = RMSNorm(cfg.layer_norm_eps, offset, name="mlp_norm")(x).astype(dtype)
 
-    def dense(features, axes, name):
-      return nn.Dense(features, dtype=dtype, use_bias=False, kernel_init=_dense_init(axes), name=name)
+    def dense(features, axes, target, name):
+      return lora.dense(cfg, target, axes, features=features, dtype=dtype, use_bias=False, name=name)
 
-    gate = activation(cfg.hidden_act)(dense(cfg.intermediate_size, ("embed", "mlp"), "mlp_gate")(normed))
-    up = dense(cfg.intermediate_size, ("embed", "mlp"), "mlp_up")(normed)
-    x = x + dense(cfg.hidden_size, ("mlp", "embed"), "mlp_down")(gate * up)
+    gate = activation(cfg.hidden_act)(
+        dense(cfg.intermediate_size, ("embed", "mlp"), "mlp_in", "mlp_gate")(normed))
+    up = dense(cfg.intermediate_size, ("embed", "mlp"), "mlp_in", "mlp_up")(normed)
+    x = x + dense(cfg.hidden_size, ("mlp", "embed"), "mlp_out", "mlp_down")(gate * up)
     x = sharding.constrain(x, ("batch", "length", "embed"))
     return (x, None) if cfg.scan_layers else x  # nn.scan wants (carry, output)
 

@@ -33,7 +33,7 @@ def compile_train_step(config, devices=None):
   model_config = model_config_for_run(
       modeldir.read_model_config(modeldir.resolve_model_arg(config.model.init)), config.model)
   mesh = sharding.make_mesh(config.mesh.shape, devices)
-  optimizer, schedule = make_optimizer(config.optim)
+  optimizer, schedule = make_optimizer(config.optim, frozen_base=bool(model_config.lora_rank))
   abstract = abstract_train_state(model_config, optimizer, mesh)
   teacher, teacher_args = None, ()
   if config.distill.teacher:  # its parameters are arguments of the step: in the memory report

@@ -13,8 +13,12 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import pathlib
+import sys
 
 import pytest
+
+# The repository root, so tests import the `configs` package as config files do.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 

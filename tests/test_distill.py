@@ -12,11 +12,11 @@ import sys
 import chex
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
 
+from configs import common
 from gembed import losses, sharding
 from gembed.formats import modeldir
 from gembed.models import embedder
@@ -75,10 +75,8 @@ def test_student_keeps_the_named_layers_of_its_teacher():
   assert sorted(k for k in student["encoder"] if k.startswith("layer_")) == ["layer_0", "layer_1"]
   chex.assert_trees_all_equal(student["encoder"]["layer_1"], teacher["encoder"]["layer_3"])
   chex.assert_trees_all_equal(student["encoder"]["token_embed"], teacher["encoder"]["token_embed"])
-  cfg = ml_collections.ConfigDict(dict(projection_dim=0, projection_bias=True,
-                                       projection_init="orthogonal", keep_layers=(1, 3),
-                                       dropout_rate=0.0, compute_dtype="float32", remat=False,
-                                       remat_policy="nothing_saveable", scan_layers=False))
+  cfg = common.get_base_config().model
+  cfg.projection_dim, cfg.keep_layers = 0, (1, 3)
   assert model_config_for_run(TINY.replace(num_layers=4), cfg).num_layers == 2
   cfg.keep_layers = (3, 1)
   with pytest.raises(ValueError, match="keep_layers"):

@@ -2,7 +2,6 @@
 
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -19,7 +18,6 @@ WORDS = ("cat dog bird fish tree house car road sun moon star river hill sea rai
 
 
 def _config(arg=None):
-  sys.path.insert(0, ROOT)
   from configs import recipe as recipe_config
   return recipe_config.get_config(arg)
 

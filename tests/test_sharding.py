@@ -12,6 +12,7 @@ import jax
 import ml_collections
 import pytest
 
+from configs import common
 from gembed import sharding
 from gembed.models import embedder
 from gembed.optim import make_optimizer
@@ -26,13 +27,12 @@ LEARNING_RATE = 2e-5
 
 
 def _run_config(batch=8, num_negatives=2):
-  """The keys of a run config that the step reads (gembed.state.jit_train_step)."""
-  return ml_collections.ConfigDict({
-      "train": {"grad_cache": False, "grad_cache_chunk": 1},
-      "data": {"global_batch_size": batch, "query_length": 12, "document_length": 16,
-               "num_negatives": num_negatives},
-      "loss": {"temperature": LOSS.temperature, "mrl_dims": LOSS.dims, "mrl_weights": (),
-               "decoupled": False, "ring": False, "prefix_distill": 0.0}})
+  """A run config with the batch and loss of these tests (gembed.state.jit_train_step reads it)."""
+  c = common.get_base_config()
+  c.data.global_batch_size, c.data.num_negatives = batch, num_negatives
+  c.data.query_length, c.data.document_length = 12, 16
+  c.loss.temperature, c.loss.mrl_dims = LOSS.temperature, LOSS.dims
+  return c
 
 
 def _optim():

@@ -110,6 +110,9 @@ def get_base_config():
 
   c.distill = ml_collections.ConfigDict()  # a teacher model's embeddings taught (docs/distill.md)
   c.distill.teacher = ""  # any --model spec sharing the student's tokenizer; "" = no teacher
+  # A `gembed teacher-embed` directory: the teacher's embeddings read with the batches instead of
+  # computed in every step ("" = computed in the step).
+  c.distill.teacher_embeddings = ""
   c.distill.embedding_weight = 0.0  # weight of matching each text's teacher embedding
   c.distill.embedding_loss = "cosine"  # cosine | mse (raw values, as EmbedDistillLoss)
   c.distill.similarity_weight = 0.0  # weight of matching the batch's query-document similarities

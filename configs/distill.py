@@ -6,7 +6,7 @@ embeddings (docs/distill.md).
       --config.data.dir=../shared/data
 
 The teacher embeds every batch inside the sharded step (no gradient, no dropout); the student
-keeps layers 1, 3 and 5 of a 6-layer teacher (`model.keep_layers`), its embeddings and its head.
+keeps layers 0, 3 and 5 of a 6-layer teacher (`model.keep_layers`), its embeddings and its head.
 Data: the recipe's training sets (configs/recipe.py), none of its held-out evaluation sets; the
 distillation terms need no labels, the contrastive term keeps the student on the tasks.
 `--config configs/distill.py:contrastive` is the same student and budget without the teacher
@@ -24,7 +24,9 @@ def get_config(arg=None):
     raise ValueError(f"configs/distill.py:{variant}: variants are 'contrastive' and 'tiny'")
   c = common.get_base_config()
   c.model.init = "runs/recipe/soup"  # the student starts from the teacher's own layers
-  c.model.keep_layers = (1, 3, 5)  # half of a 6-layer MiniLM, the top layer kept
+  # Half of a 6-layer MiniLM. First and last layers kept: untrained, (0, 3, 5) is the closest
+  # to its teacher of the half-depth choices (docs/distill.md, "Which layers").
+  c.model.keep_layers = (0, 3, 5)
   c.model.projection_dim = 0  # keep the teacher's head: the student's output width is the teacher's
   c.distill.teacher = "runs/recipe/soup"
   c.distill.embedding_weight = 1.0

@@ -8,6 +8,11 @@ Over the global batch of B rows, K hard-negative slots, Lq query and Ld document
   negative_valid                  (B, K) bool        (False for a missing hard negative)
   query_key, positive_key         (B,) int32         identity keys (the false-negative mask)
 
+With precomputed teacher embeddings of width D (distill.teacher_embeddings):
+
+  teacher_query, teacher_positive (B, D) float32
+  teacher_negatives               (B, K, D) float32  (zeros for a missing hard negative)
+
 The data pipeline produces it (gembed.data.batching), the step consumes it (gembed.steps), and
 the AOT check and the benchmarks describe it without data.
 """
@@ -18,7 +23,7 @@ import numpy as np
 
 
 def shapes(batch_size: int, query_length: int, document_length: int,
-           num_negatives: int) -> dict[str, tuple[tuple[int, ...], type]]:
+           num_negatives: int, teacher_dim: int = 0) -> dict[str, tuple[tuple[int, ...], type]]:
   """{field: (shape, dtype)} of a batch; lengths may be cut to a bucket (data.length_buckets)."""
   b, k = batch_size, num_negatives
   out = {"query_ids": ((b, query_length), np.int32), "query_mask": ((b, query_length), np.int32),
@@ -29,4 +34,9 @@ def shapes(batch_size: int, query_length: int, document_length: int,
                negative_mask=((b, k, document_length), np.int32),
                negative_valid=((b, k), np.bool_))
   out.update(query_key=((b,), np.int32), positive_key=((b,), np.int32))
+  if teacher_dim:
+    out.update(teacher_query=((b, teacher_dim), np.float32),
+               teacher_positive=((b, teacher_dim), np.float32))
+    if k:
+      out["teacher_negatives"] = ((b, k, teacher_dim), np.float32)
   return out

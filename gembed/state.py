@@ -133,9 +133,11 @@ def loss_config_of(config, model_config: ModelConfig) -> LossConfig:
   """The step's LossConfig from a run config's `loss` and `distill` sections."""
   distill = config.distill
   weights = (distill.embedding_weight, distill.similarity_weight)
-  if bool(distill.teacher) != any(weights):
-    raise ValueError("distillation needs both distill.teacher and a distill.embedding_weight or "
-                     f"distill.similarity_weight > 0 (teacher={distill.teacher!r}, weights={weights})")
+  if bool(distill.teacher or distill.teacher_embeddings) != any(weights):
+    raise ValueError("distillation needs both a teacher (distill.teacher or "
+                     "distill.teacher_embeddings) and a distill.embedding_weight or "
+                     f"distill.similarity_weight > 0 (teacher={distill.teacher!r}, "
+                     f"teacher_embeddings={distill.teacher_embeddings!r}, weights={weights})")
   return LossConfig(temperature=config.loss.temperature, dims=loss_dims(config, model_config),
                     weights=tuple(config.loss.mrl_weights), decoupled=config.loss.decoupled,
                     ring=config.loss.ring, prefix_distill=config.loss.prefix_distill,
@@ -145,13 +147,20 @@ def loss_config_of(config, model_config: ModelConfig) -> LossConfig:
                     distill_similarity=distill.similarity_weight)
 
 
+def in_step_teacher(config) -> bool:
+  """Whether the teacher model runs inside the step (else its embeddings come with the batch,
+  or there is no teacher)."""
+  return bool(config.distill.teacher) and not config.distill.teacher_embeddings
+
+
 def jit_train_step(config, model_config: ModelConfig, optimizer, schedule, abstract: TrainState,
                    mesh, teacher: tuple[ModelConfig, dict] | None = None):
   """The jitted, sharded, donating train step of a config (trainer, AOT check and benchmarks
   alike), traced under the mesh and the logical-axis rules (sharding.step_context).
 
   With `teacher` = (its config, its `abstract_params`), the step is `step(state, batch,
-  teacher_params)`, the teacher's parameters sharded by the same rules and not donated."""
+  teacher_params)`, the teacher's parameters sharded by the same rules and not donated. With
+  precomputed teacher embeddings the batch carries them (sharded like its rows)."""
   if config.train.grad_cache and config.data.global_batch_size % config.train.grad_cache_chunk:
     raise ValueError(f"train.grad_cache_chunk {config.train.grad_cache_chunk} must divide "
                      f"data.global_batch_size {config.data.global_batch_size}")
@@ -161,9 +170,9 @@ def jit_train_step(config, model_config: ModelConfig, optimizer, schedule, abstr
                      f"of the {row_devices} devices the batch is split over (mesh data x fsdp): "
                      "each chunk's rows stay sharded like the batch")
   loss_config = loss_config_of(config, model_config)
-  if bool(teacher) != loss_config.distills:
-    raise ValueError("the train step has a teacher exactly when the config distills "
-                     "(distill.teacher)")
+  if bool(teacher) != in_step_teacher(config):
+    raise ValueError("the train step has a teacher model exactly when the config distills from "
+                     "distill.teacher without precomputed distill.teacher_embeddings")
   in_shardings = (shardings_of(abstract), sharding.batch_sharding(mesh))
   if teacher:
     in_shardings += (jax.tree.map(lambda x: x.sharding, teacher[1]),)

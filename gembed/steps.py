@@ -207,6 +207,21 @@ def cached_loss_and_grads(params, batch, rng, model_config: ModelConfig, loss_co
   return (loss, metrics), grads
 
 
+def teacher_embeddings(batch, teacher_params=None, teacher_config: ModelConfig | None = None,
+                       grad_cache_chunk: int = 0):
+  """The teacher's (query, positive, negatives or None) embeddings of a batch, or None: the
+  batch's precomputed ones (distill.teacher_embeddings), else, with `teacher_params` (a model of
+  `teacher_config` sharing the student's tokenizer), the teacher embedding the same token ids
+  without dropout or gradient (in chunks under GradCache)."""
+  if "teacher_query" in batch:
+    return batch["teacher_query"], batch["teacher_positive"], batch.get("teacher_negatives")
+  if teacher_params is None:
+    return None
+  if grad_cache_chunk:
+    return embed_in_chunks(teacher_config, teacher_params, batch, None, grad_cache_chunk)
+  return jax.lax.stop_gradient(embed_batch(teacher_config, teacher_params, batch))
+
+
 def train_step(state: TrainState, batch, teacher_params=None, *, model_config: ModelConfig,
                loss_config: LossConfig, optimizer: optax.GradientTransformation,
                schedule: Callable, grad_cache_chunk: int = 0,
@@ -214,17 +229,15 @@ def train_step(state: TrainState, batch, teacher_params=None, *, model_config: M
   """One optimizer step; returns (new state, metrics). Pure: jit it with shardings.
 
   `grad_cache_chunk` > 0 computes the same loss and gradients with GradCache, in chunks of that
-  many rows (memory flat in the global batch size). With `teacher_params` (a model of
-  `teacher_config` sharing the student's tokenizer), the teacher embeds the same batch without
-  dropout or gradient (in chunks under GradCache) for the distillation terms.
+  many rows (memory flat in the global batch size). The distillation terms take their teacher
+  embeddings from `teacher_embeddings`.
   """
   rng, dropout_rng = jax.random.split(state.rng)
   dropout_rng = dropout_rng if model_config.dropout_rate > 0 else None
-  teacher = None
-  if teacher_params is not None:
-    teacher = (embed_in_chunks(teacher_config, teacher_params, batch, None, grad_cache_chunk)
-               if grad_cache_chunk else
-               jax.lax.stop_gradient(embed_batch(teacher_config, teacher_params, batch)))
+  teacher = teacher_embeddings(batch, teacher_params, teacher_config, grad_cache_chunk)
+  if loss_config.distills and teacher is None:
+    raise ValueError("the loss distils but the step has neither teacher parameters nor the "
+                     "batch's precomputed teacher embeddings")
   if grad_cache_chunk:
     (_, metrics), grads = cached_loss_and_grads(state.params, batch, dropout_rng, model_config,
                                                 loss_config, grad_cache_chunk, teacher)

@@ -37,8 +37,9 @@ from gembed.formats import modeldir
 from gembed.models import lora
 from gembed.optim import make_optimizer
 from gembed.models import embedder
-from gembed.state import (abstract_params, abstract_train_state, init_train_state, initial_params,
-                          jit_train_step, loss_dims, model_config_for_run, teacher_config_for_run)
+from gembed.state import (abstract_params, abstract_train_state, in_step_teacher, init_train_state,
+                          initial_params, jit_train_step, loss_dims, model_config_for_run,
+                          teacher_config_for_run)
 from gembed.writers import MetricWriter
 
 log = logging.getLogger(__name__)
@@ -231,9 +232,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 def _teacher(config, info: modeldir.ModelInfo, model_config, mesh):
   """(teacher config, its abstract parameters) and its parameters placed on the mesh, or
-  (None, None) without distill.teacher. The teacher embeds the student's token ids, so both must
-  have the same tokenizer."""
-  if not config.distill.teacher:
+  (None, None) without a teacher in the step (none, or its embeddings precomputed). The teacher
+  embeds the student's token ids, so both must have the same tokenizer."""
+  if not in_step_teacher(config):
+    _check_precomputed_teacher(config)
     return None, None
   spec = modeldir.resolve_model_arg(config.distill.teacher)
   teacher_info, teacher_params = modeldir.load_model(spec)
@@ -248,6 +250,19 @@ def _teacher(config, info: modeldir.ModelInfo, model_config, mesh):
   log.info("distilling from %s (%d layers, %d-d embeddings)", spec, teacher_config.num_layers,
            teacher_config.embedding_dim)
   return (teacher_config, abstract), placed
+
+
+def _check_precomputed_teacher(config) -> None:
+  """Precomputed embeddings of another teacher than distill.teacher (when named) are refused."""
+  directory, teacher = config.distill.teacher_embeddings, config.distill.teacher
+  if not directory:
+    return
+  from gembed.data.teacher_store import read_manifest
+  written_by = read_manifest(directory)["teacher"]
+  if teacher and checkpoint.absolute(modeldir.resolve_model_arg(teacher)) != checkpoint.absolute(written_by):
+    raise ValueError(f"distill.teacher_embeddings {directory} holds {written_by}'s embeddings, "
+                     f"not distill.teacher {teacher}'s")
+  log.info("distilling from %s's precomputed embeddings (%s)", written_by, directory)
 
 
 def _same_file(a: str, b: str) -> bool:

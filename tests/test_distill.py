@@ -1,6 +1,7 @@
 """Embedding distillation: the two loss terms against NumPy, a student made of its teacher's own
 layers, both terms falling in real steps, GradCache with a teacher equal to the plain step on 8
-devices, and the trainer end to end (teacher directory -> shallower student directory)."""
+devices, the trainer end to end (teacher directory -> shallower student directory) with the
+teacher in the step or its embeddings precomputed (`gembed teacher-embed`), and the store."""
 
 import dataclasses
 import functools
@@ -129,24 +130,67 @@ def test_grad_cache_with_teacher_equals_the_plain_step_on_eight_devices():
                               atol=1e-5, rtol=1e-5)
 
 
-def test_trainer_distils_a_teacher_into_a_student_of_its_layers(tmp_path, minilm_dir):
+def _step_metrics(stderr: str, step: int) -> dict:
+  line = next(l for l in stderr.splitlines() if f"gembed.train: step {step}: " in l and "=" in l)
+  return {k: float(v) for k, v in (kv.split("=") for kv in line.split(f"step {step}: ")[1].split(", "))}
+
+
+def test_trainer_distils_with_the_teacher_in_the_step_or_precomputed(tmp_path, minilm_dir):
+  """The trainer end to end: a teacher directory -> a student of its layers, the teacher in the
+  step; then `gembed teacher-embed` and `distill.teacher_embeddings`: the same run (same
+  first-step losses, to the store's float16) without the teacher in the step."""
   teacher = make_tiny_bert_dir(tmp_path / "teacher", os.path.join(minilm_dir, "tokenizer.json"))
   data = tmp_path / "data"
   data.mkdir()
   words = "cat dog bird fish tree house car road sun moon star river hill sea".split()
   rng = np.random.default_rng(0)
   with open(data / "snli-triples.jsonl", "w") as f:
-    for _ in range(40):
+    for i in range(40):
       q = " ".join(rng.choice(words, 4))
-      f.write(json.dumps({"query": q, "positive": q + " sea", "negative": " ".join(rng.choice(words, 5))}) + "\n")
-  workdir = tmp_path / "student"
-  args = [sys.executable, "-m", "gembed.main", "--config", os.path.join(ROOT, "configs/distill.py:tiny"),
-          "--workdir", str(workdir), f"--config.model.init={teacher}",
-          f"--config.distill.teacher={teacher}", f"--config.data.dir={data}"]
+      row = {"query": q, "positive": q + " sea"}
+      if i % 3:  # some rows without a hard negative: their slot has no teacher embedding
+        row["negative"] = " ".join(rng.choice(words, 5))
+      f.write(json.dumps(row) + "\n")
   env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert "distilling from" in result.stderr and "distill_similarity=" in result.stderr
-  info, params = modeldir.load_model(str(workdir))
+  common_args = ["--config", os.path.join(ROOT, "configs/distill.py:tiny"),
+                 f"--config.model.init={teacher}", f"--config.distill.teacher={teacher}",
+                 f"--config.data.dir={data}", "--config.optim.total_steps=1"]
+  store = tmp_path / "teacher-embeddings"
+  made = subprocess.run([sys.executable, "-m", "gembed.cli", "teacher-embed", *common_args,
+                         "--out", str(store)], env=env, capture_output=True, text=True, timeout=600)
+  assert made.returncode == 0, made.stderr[-3000:]
+  manifest = json.loads(made.stdout.strip().splitlines()[-1])
+  assert manifest["count"] == 40 + 40 + 26 and manifest["dim"] == 32  # queries, positives, negatives
+  runs = {}
+  for name, extra in (("in_step", []), ("precomputed", [f"--config.distill.teacher_embeddings={store}"])):
+    result = subprocess.run([sys.executable, "-m", "gembed.main", *common_args, *extra,
+                             "--workdir", str(tmp_path / name)],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs[name] = result.stderr
+  assert "distilling from" in runs["in_step"] and "distill_similarity=" in runs["in_step"]
+  assert "precomputed embeddings" in runs["precomputed"]
+  info, params = modeldir.load_model(str(tmp_path / "in_step"))
   assert info.config.num_layers == 1
   assert [k for k in params["encoder"] if k.startswith("layer_")] == ["layer_0"]
+  in_step, precomputed = (_step_metrics(runs[n], 1) for n in ("in_step", "precomputed"))
+  for key in ("distill_embedding", "distill_similarity", "loss"):
+    np.testing.assert_allclose(precomputed[key], in_step[key], rtol=3e-3, err_msg=key)
+
+
+def test_teacher_store_looks_up_by_side_and_text_and_names_a_missing_text(tmp_path):
+  from gembed.data import teacher_store
+
+  keys = [teacher_store.text_key("query", "a cat"), teacher_store.text_key("document", "a cat"),
+          teacher_store.text_key("document", "a dog")]
+  vectors = np.arange(3 * 4, dtype=np.float32).reshape(3, 4)
+  teacher_store.write(str(tmp_path), keys, vectors, teacher="T", query_length=8,
+                      document_length=16, shard_rows=2)
+  store = teacher_store.TeacherStore(str(tmp_path))
+  np.testing.assert_array_equal(store.lookup("query", b"a cat"), vectors[0])
+  np.testing.assert_array_equal(store.lookup("document", "a cat"), vectors[1])
+  np.testing.assert_array_equal(store.lookup("document", "a dog"), vectors[2])  # second shard
+  with pytest.raises(KeyError, match="no query embedding for 'a dog'"):
+    store.lookup("query", "a dog")
+  with pytest.raises(ValueError, match=r"lengths \(8, 16\), this run has \(8, 32\)"):
+    store.check_lengths(8, 32)

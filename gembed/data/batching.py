@@ -36,9 +36,10 @@ def trim_to_bucket(batch, buckets: tuple[int, ...]):
 
 
 def batch_task(ds, *, batch_size: int, query_length: int, document_length: int, num_negatives: int,
-               pad_id: int, length_buckets: tuple[int, ...] = ()):
+               pad_id: int, length_buckets: tuple[int, ...] = (), teacher_dim: int = 0):
   """Pads to static lengths, batches, and builds explicit attention masks from lengths;
-  with `length_buckets`, each batch is then cut to the bucket of its longest text."""
+  with `length_buckets`, each batch is then cut to the bucket of its longest text.
+  `teacher_dim` > 0: the examples carry precomputed teacher embeddings of that width."""
   lengths = {"query": query_length}
   lengths.update({n: document_length for n in text_features(num_negatives)[1:]})
   shapes = {k: [] for k in ("query_key", "positive_key")}
@@ -48,6 +49,9 @@ def batch_task(ds, *, batch_size: int, query_length: int, document_length: int, 
     shapes[f"{name}_length"], values[f"{name}_length"] = [], 0
     if name.startswith("negative_"):
       shapes[f"{name}_valid"], values[f"{name}_valid"] = [], False
+  teacher_names = [f"teacher_{n}" for n in text_features(num_negatives)] if teacher_dim else []
+  for name in teacher_names:
+    shapes[name], values[name] = [teacher_dim], 0.0
   ds = ds.padded_batch(batch_size, padded_shapes=shapes, padding_values=values, drop_remainder=True)
 
   def to_model_batch(ex):
@@ -61,7 +65,12 @@ def batch_task(ds, *, batch_size: int, query_length: int, document_length: int, 
       out["negative_mask"] = tf.stack(
           [tf.sequence_mask(ex[f"{n}_length"], document_length, tf.int32) for n in names], axis=1)
       out["negative_valid"] = tf.stack([ex[f"{n}_valid"] for n in names], axis=1)
-    schema = batch_schema.shapes(batch_size, query_length, document_length, num_negatives)
+    if teacher_dim:
+      out["teacher_query"], out["teacher_positive"] = ex["teacher_query"], ex["teacher_positive"]
+      if num_negatives:
+        out["teacher_negatives"] = tf.stack([ex[f"teacher_{n}"] for n in names], axis=1)
+    schema = batch_schema.shapes(batch_size, query_length, document_length, num_negatives,
+                                 teacher_dim)
     return {name: tf.cast(out[name], dtype) for name, (_, dtype) in schema.items()}
 
   ds = ds.map(to_model_batch, num_parallel_calls=tf.data.AUTOTUNE)

@@ -15,6 +15,7 @@ import tensorflow as tf
 from gembed.data.batching import batch_task
 from gembed.data.sources import TaskSpec
 from gembed.data.tasks import register_task
+from gembed.data.teacher_store import TeacherStore
 from gembed.textio import expand_files
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ def task_choices(rates: np.ndarray, seed: int):
 def make_mixture(tasks: list[seqio.Task], rates: np.ndarray, *, host_batch_size: int, seed: int,
                  shard_index: int, num_shards: int, shuffle_buffer: int, query_length: int,
                  document_length: int, num_negatives: int, pad_id: int,
-                 length_buckets: tuple[int, ...] = ()):
+                 length_buckets: tuple[int, ...] = (), teacher_dim: int = 0):
   """Endless stream of host batches, each global batch from one task.
 
   Examples are shuffled here, after preprocessing, with a seeded buffer (what SeqIO's own
@@ -66,7 +67,8 @@ def make_mixture(tasks: list[seqio.Task], rates: np.ndarray, *, host_batch_size:
     ds = ds.shuffle(shuffle_buffer, seed=seed + 1000 * i, reshuffle_each_iteration=False)
     per_task.append(batch_task(ds, batch_size=host_batch_size, query_length=query_length,
                                document_length=document_length, num_negatives=num_negatives,
-                               pad_id=pad_id, length_buckets=length_buckets))
+                               pad_id=pad_id, length_buckets=length_buckets,
+                               teacher_dim=teacher_dim))
   ds = tf.data.Dataset.choose_from_datasets(per_task, task_choices(rates, seed),
                                             stop_on_empty_dataset=True)
   ds = tf.data.Dataset.zip((task_choices(rates, seed), ds)).map(
@@ -78,22 +80,40 @@ def make_mixture(tasks: list[seqio.Task], rates: np.ndarray, *, host_batch_size:
   return ds.with_options(options).prefetch(2)
 
 
-def from_config(config, tokenizer_file: str, process_index: int = 0, process_count: int = 1):
-  """(task specs, rates, this host's batch stream, bad rows skipped as "file:line: problem")
-  of a training config's data and prompts."""
-  d, seed = config.data, config.train.seed
+def task_specs(config) -> list[TaskSpec]:
+  """The TaskSpecs of a training config's `data.tasks` (file globs expanded under data.dir)."""
+  d = config.data
   if not d.tasks:
     raise ValueError("config.data.tasks is empty: name at least one training dataset")
-  specs = [TaskSpec(name=t.name, files=tuple(f for p in t.files for f in expand_files(os.path.join(d.dir, p))),
-                    prompt_task=t.prompt_task, rate=t.rate or None, weight=t.weight,
-                    source=t.source,
-                    tfds_name=t.tfds_name, tfds_data_dir=t.tfds_data_dir, split=t.split, seed=seed)
-           for t in d.tasks]
-  tasks = [register_task(
+  return [TaskSpec(name=t.name, files=tuple(f for p in t.files for f in expand_files(os.path.join(d.dir, p))),
+                   prompt_task=t.prompt_task, rate=t.rate or None, weight=t.weight,
+                   source=t.source, tfds_name=t.tfds_name, tfds_data_dir=t.tfds_data_dir,
+                   split=t.split, seed=config.train.seed)
+          for t in d.tasks]
+
+
+def register_tasks(config, tokenizer_file: str, specs: list[TaskSpec], teacher_store=None):
+  """One SeqIO task per spec, with the config's lengths, prompts and bad-row policy."""
+  d = config.data
+  return [register_task(
       s, tokenizer_file=tokenizer_file, query_length=d.query_length,
       document_length=d.document_length, num_negatives=d.num_negatives,
       query_prompt=config.prompts.query, document_format=config.prompts.document,
-      skip_bad_rows=d.skip_bad_rows, task_dropout=config.prompts.task_dropout) for s in specs]
+      skip_bad_rows=d.skip_bad_rows, task_dropout=config.prompts.task_dropout,
+      teacher_store=teacher_store) for s in specs]
+
+
+def from_config(config, tokenizer_file: str, process_index: int = 0, process_count: int = 1):
+  """(task specs, rates, this host's batch stream, bad rows skipped as "file:line: problem")
+  of a training config's data and prompts (and precomputed teacher embeddings, when
+  distill.teacher_embeddings names them)."""
+  d, seed = config.data, config.train.seed
+  specs = task_specs(config)
+  store = None
+  if config.distill.teacher_embeddings:
+    store = TeacherStore(config.distill.teacher_embeddings)
+    store.check_lengths(d.query_length, d.document_length)
+  tasks = register_tasks(config, tokenizer_file, specs, store)
   rates = mixture_rates([t.num_rows for t in tasks], specs, d.mixing, d.mixing_temperature)
   if d.length_buckets and process_count > 1:
     raise ValueError("data.length_buckets cuts each host's batch on its own; with several hosts "
@@ -106,7 +126,7 @@ def from_config(config, tokenizer_file: str, process_index: int = 0, process_cou
       shard_index=process_index, num_shards=process_count, shuffle_buffer=d.shuffle_buffer,
       query_length=d.query_length, document_length=d.document_length,
       num_negatives=d.num_negatives, pad_id=tasks[0].output_features["query"].vocabulary.pad_id,
-      length_buckets=tuple(d.length_buckets))
+      length_buckets=tuple(d.length_buckets), teacher_dim=store.dim if store else 0)
   log.info("mixture: %s", ", ".join(f"{s.name}={r:.3f} ({t.num_rows} rows)"
                                      for s, r, t in zip(specs, rates, tasks)))
   return specs, rates, dataset, [line for t in tasks for line in t.bad_rows]

@@ -1,5 +1,6 @@
 """The preprocessors of every training task, in order (gembed.data.tasks): prompts ->
-identity keys -> tokenize -> model inputs (token ids, lengths, validity, keys).
+[precomputed teacher embeddings] -> identity keys -> tokenize -> model inputs (token ids,
+lengths, validity, keys[, teacher embeddings]).
 """
 
 from __future__ import annotations
@@ -64,6 +65,32 @@ def apply_prompts(ds, *, query_prompt: str, document_format: str, prompt_task: s
   return ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
 
 
+def teacher_embeddings(ds, *, store, num_negatives: int):
+  """teacher_query / teacher_positive / teacher_negative_k: each formatted text's precomputed
+  teacher embedding (gembed.data.teacher_store); zeros for a missing hard negative."""
+  from gembed.data.teacher_store import DOCUMENT, QUERY
+
+  def look_up(query, positive, *negatives_and_valid):
+    out = [store.lookup(QUERY, query), store.lookup(DOCUMENT, positive)]
+    for text, valid in zip(negatives_and_valid[::2], negatives_and_valid[1::2]):
+      out.append(store.lookup(DOCUMENT, text) if valid else np.zeros(store.dim, np.float32))
+    return out
+
+  names = ["teacher_query", "teacher_positive"] + [f"teacher_negative_{k}"
+                                                   for k in range(num_negatives)]
+
+  def fn(ex):
+    ex = dict(ex)
+    inputs = [ex["query_text"], ex["positive_text"]]
+    for k in range(num_negatives):
+      inputs += [ex[f"negative_{k}_text"], ex[f"negative_{k}_valid"]]
+    found = tf.numpy_function(look_up, inputs, [tf.float32] * len(names), stateful=False)
+    for name, value in zip(names, found):
+      ex[name] = tf.ensure_shape(value, [store.dim])
+    return ex
+  return ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+
+
 def identity_keys(ds):
   """query_key / positive_key: `textio.identity_key` of each text (its id when given), the same
   definition as the data stage's de-duplication."""
@@ -87,9 +114,10 @@ def text_features(num_negatives: int) -> list[str]:
 
 
 def select_model_inputs(ds, num_negatives: int):
-  """Keeps token ids, lengths, validity and keys (drops raw strings)."""
+  """Keeps token ids, lengths, validity, keys and teacher embeddings (drops raw strings)."""
   def fn(ex):
-    out = {"query_key": ex["query_key"], "positive_key": ex["positive_key"]}
+    out = {k: v for k, v in ex.items() if k.startswith("teacher_")}
+    out.update(query_key=ex["query_key"], positive_key=ex["positive_key"])
     for name in text_features(num_negatives):
       out[name] = ex[name]
       out[f"{name}_length"] = tf.size(ex[name])

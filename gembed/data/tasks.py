@@ -19,8 +19,10 @@ log = logging.getLogger(__name__)
 
 def register_task(spec: TaskSpec, *, tokenizer_file: str, query_length: int, document_length: int,
                   num_negatives: int, query_prompt: str, document_format: str,
-                  skip_bad_rows: bool = False, task_dropout: float = 0.0) -> seqio.Task:
-  """Registers (or re-registers) `spec` as a SeqIO task and returns it."""
+                  skip_bad_rows: bool = False, task_dropout: float = 0.0,
+                  teacher_store=None) -> seqio.Task:
+  """Registers (or re-registers) `spec` as a SeqIO task and returns it. With a `teacher_store`
+  (gembed.data.teacher_store), every example also carries its texts' teacher embeddings."""
   make_dataset, num_rows, bad_rows = task_source(spec, num_negatives, skip_bad_rows)
   log.info("task %s: %d rows from %s (%d bad rows skipped)", spec.name, num_rows,
            ", ".join(spec.files) or spec.tfds_name, len(bad_rows))
@@ -41,6 +43,8 @@ def register_task(spec: TaskSpec, *, tokenizer_file: str, query_length: int, doc
       functools.partial(preprocessors.apply_prompts, query_prompt=query_prompt,
                         document_format=document_format, prompt_task=spec.prompt_task,
                         num_negatives=num_negatives, task_dropout=task_dropout, seed=spec.seed),
+      *([functools.partial(preprocessors.teacher_embeddings, store=teacher_store,
+                           num_negatives=num_negatives)] if teacher_store else []),
       preprocessors.identity_keys,
       functools.partial(preprocessors.tokenize_formatted, rename=rename,
                         output_features=output_features),
@@ -56,3 +60,17 @@ def register_task(spec: TaskSpec, *, tokenizer_file: str, query_length: int, doc
   task.num_rows = num_rows
   task.bad_rows = bad_rows
   return task
+
+
+def formatted_texts(task: seqio.Task, num_negatives: int) -> tuple[set[bytes], set[bytes]]:
+  """(queries, documents): every text of a registered task's rows as the student sees it, its
+  source through the prompt step alone (what `gembed teacher-embed` embeds). A missing hard
+  negative is no text."""
+  ds = task.preprocessors[0](task.source.get_dataset(split="train", shuffle=False))
+  queries, documents = set(), set()
+  for ex in ds.as_numpy_iterator():
+    queries.add(ex["query_text"])
+    documents.add(ex["positive_text"])
+    documents.update(ex[f"negative_{k}_text"] for k in range(num_negatives)
+                     if ex[f"negative_{k}_valid"])
+  return queries, documents

@@ -13,19 +13,27 @@ from __future__ import annotations
 import jax
 
 from gembed import batch, flops, sharding
+from gembed.data.teacher_store import read_manifest
 from gembed.formats import modeldir
 from gembed.optim import make_optimizer
-from gembed.state import (abstract_params, abstract_train_state, jit_train_step,
+from gembed.state import (abstract_params, abstract_train_state, in_step_teacher, jit_train_step,
                           model_config_for_run, teacher_config_for_run)
 
 
 def abstract_batch(config, mesh) -> dict:
-  """ShapeDtypeStructs of one global batch of the config, sharded like the trainer's."""
+  """ShapeDtypeStructs of one global batch of the config, sharded like the trainer's; with
+  precomputed teacher embeddings (their width from the teacher's config, else the store's)."""
   d = config.data
   rows = sharding.batch_sharding(mesh)
+  teacher_dim = 0
+  if config.distill.teacher_embeddings and config.distill.teacher:
+    teacher_dim = modeldir.read_model_config(
+        modeldir.resolve_model_arg(config.distill.teacher)).embedding_dim
+  elif config.distill.teacher_embeddings:
+    teacher_dim = read_manifest(config.distill.teacher_embeddings)["dim"]
   return {name: jax.ShapeDtypeStruct(shape, dtype, sharding=rows) for name, (shape, dtype) in
           batch.shapes(d.global_batch_size, d.query_length, d.document_length,
-                       d.num_negatives).items()}
+                       d.num_negatives, teacher_dim).items()}
 
 
 def compile_train_step(config, devices=None):
@@ -36,7 +44,7 @@ def compile_train_step(config, devices=None):
   optimizer, schedule = make_optimizer(config.optim, frozen_base=bool(model_config.lora_rank))
   abstract = abstract_train_state(model_config, optimizer, mesh)
   teacher, teacher_args = None, ()
-  if config.distill.teacher:  # its parameters are arguments of the step: in the memory report
+  if in_step_teacher(config):  # its parameters are arguments of the step: in the memory report
     teacher_config = teacher_config_for_run(
         modeldir.read_model_config(modeldir.resolve_model_arg(config.distill.teacher)), model_config)
     teacher = (teacher_config, abstract_params(teacher_config, mesh))

@@ -57,7 +57,7 @@ def train_setup(model_dir, rows, batch_size, max_length, dims, grad_cache_chunk=
       "loss": {"temperature": 0.05, "mrl_dims": tuple(dims), "mrl_weights": (),
                "decoupled": False, "ring": False, "prefix_distill": 0.0,
                "contrastive_weight": 1.0},
-      "distill": {"teacher": "", "embedding_weight": 0.0, "embedding_loss": "cosine",
+      "distill": {"teacher": "", "teacher_embeddings": "", "embedding_weight": 0.0, "embedding_loss": "cosine",
                   "similarity_weight": 0.0}})
   step = jit_train_step(run, config, optimizer, schedule, abstract, mesh)
   # The trainer's length buckets (configs/finetune.py): each batch is cut to the bucket of its

@@ -1,12 +1,13 @@
 """docs/cli.md names every command and flag that the parsers define: the `gembed` argparse
-tree, and the absl flags of `python -m gembed.main` (= `gembed train`) and `gembed aot`."""
+tree, and the absl flags of `python -m gembed.main` (= `gembed train`), `gembed aot` and
+`gembed teacher-embed`, which answer --help."""
 
 import argparse
 import os
 import re
 
 from gembed.cli import command as cli
-from gembed.cli import aot, train
+from gembed.cli import aot, teacher_embed, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = open(os.path.join(ROOT, "docs", "cli.md"), encoding="utf-8").read()
@@ -46,7 +47,8 @@ def test_every_gembed_command_and_flag_is_documented():
 def test_every_absl_flag_of_the_trainer_and_the_aot_check_is_documented():
   missing = []
   for command, flag_values in (("python -m gembed.main", train.define_flags()),
-                               ("gembed aot", aot.define_flags())):
+                               ("gembed aot", aot.define_flags()),
+                               ("gembed teacher-embed", teacher_embed.define_flags())):
     text = _section(command)
     options = {f"--{flag_values[name].name}" for name in flag_values}
     options |= {f"-{flag_values[name].short_name}" for name in flag_values
@@ -54,3 +56,13 @@ def test_every_absl_flag_of_the_trainer_and_the_aot_check_is_documented():
     missing += [f"{command} {o}" for o in _missing(text, sorted(options))] if text else [
         f"a section for {command}"]
   assert not missing, f"not in docs/cli.md: {missing}"
+
+
+def test_absl_commands_answer_help(capsys):
+  for command in ("train", "aot", "teacher-embed"):
+    try:
+      cli.main([command, "--help"])
+    except SystemExit as e:
+      assert e.code == 0, command
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: gembed {command}") and "--config" in out, command

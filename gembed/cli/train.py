@@ -39,8 +39,12 @@ def config_flag(flag_values, argv: list[str]):
 
 
 def parse(flag_values, argv: list[str]) -> bool:
-  """Parses `argv`; False (with the message printed) on a bad flag or config key."""
+  """Parses `argv`; False (with the message printed) on a bad flag or config key. `--help` /
+  `-h` prints the flags and exits."""
   from absl import flags
+  if any(a in ("--help", "-h") for a in argv[1:]):
+    print(f"usage: {argv[0]} [flags]\n{flag_values.get_help()}")
+    sys.exit(0)
   try:
     flag_values(argv)
   except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:

@@ -39,7 +39,7 @@ def soup(args) -> int:
   from gembed import soup as soups
   from gembed.formats import modeldir
 
-  dev_score = None
+  score_fn = None
   if args.dev_data:
     from gembed.encode import TextEncoder
     from gembed.evaluation import suite
@@ -52,11 +52,12 @@ def soup(args) -> int:
       results = suite.evaluate(suite.ModelEmbedder(encoder), sets, [info.config.embedding_dim],
                                args.max_examples)
       return suite.main_score(results, args.metric)
+    score_fn = dev_score
   elif args.greedy:
     raise ValueError("--greedy needs --dev-data: candidates are kept by their dev score")
   models = [modeldir.resolve_model_arg(m) for m in args.model]
   record = soups.make_soup(models, args.output, weights=args.weights, greedy=args.greedy,
-                           dev_score=dev_score)
+                           dev_score=score_fn)
   print(json.dumps(record, indent=2))
   return 0
 

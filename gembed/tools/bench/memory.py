@@ -31,9 +31,9 @@ def run(args) -> dict:
       result["temp_gib"][name][b] = temp / 2 ** 30
       print(f"{name} batch {b}: temp {temp / 2 ** 30:.2f} GiB", flush=True)
     times = []
-    for batch in batches[:args.run_steps + 1]:  # the first call compiles
+    for step_batch in batches[:args.run_steps + 1]:  # the first call compiles
       start = time.perf_counter()
-      state, metrics = step(state, batch)
+      state, metrics = step(state, step_batch)
       jax.block_until_ready(metrics)
       times.append(time.perf_counter() - start)
     result["examples_per_s"][f"{name}@{run_batch}"] = run_batch / statistics.median(times[1:])

@@ -29,6 +29,14 @@ def model_dir(args) -> str:
   return modeldir.resolve_model_arg(args.model) if args.model else modeldir.default_model_dir()
 
 
+def mrl_dims(model_dir: str) -> list[int]:
+  """The benchmarks' head width and MRL dims: the encoder's width, its half and quarter
+  (MiniLM: 384, 192, 96)."""
+  from gembed.formats import modeldir
+  width = modeldir.read_model_config(model_dir).hidden_size
+  return [width, width // 2, width // 4]
+
+
 def train_setup(model_dir, rows, batch_size, max_length, dims, grad_cache_chunk=0):
   """The trainer's own pieces (gembed.state): imported MiniLM + projection, sharded state, the
   jitted step. TensorFlow-free: batches come from the `tokenizers` path, not SeqIO."""

@@ -6,7 +6,7 @@ import statistics
 import time
 
 from gembed import batch
-from gembed.tools.bench.common import model_dir, read_rows, train_setup
+from gembed.tools.bench.common import model_dir, mrl_dims, read_rows, train_setup
 
 
 def run(args) -> dict:
@@ -14,7 +14,7 @@ def run(args) -> dict:
   sizes (XLA's buffer assignment, `memory_analysis()`), and measured throughput of both."""
   import jax
 
-  dims = [384, 192, 96]
+  dims = mrl_dims(model_dir(args))
   rows = read_rows(args.triples, max(args.run_batch, args.batch_size) * (args.run_steps + 1))
   result = {"max_length": args.max_length, "mrl_dims": dims, "hard_negatives": 1,
             "grad_cache_chunk": args.chunk, "device": jax.devices()[0].device_kind,

@@ -6,14 +6,14 @@ from __future__ import annotations
 import statistics
 import time
 
-from gembed.tools.bench.common import model_dir, read_rows, train_setup
+from gembed.tools.bench.common import model_dir, mrl_dims, read_rows, train_setup
 
 
 def run(args) -> dict:
   """Training examples/s (and MFU), gembed vs sentence-transformers on the same batches."""
   import jax
 
-  dims = [384, 192, 96]
+  dims = mrl_dims(model_dir(args))
   rows = read_rows(args.triples, args.batch_size * (args.steps + 1))
   state, step, batches, step_flops, peak = train_setup(
       model_dir(args), rows, args.batch_size, args.max_length, dims, args.grad_cache_chunk)
@@ -42,7 +42,7 @@ def run(args) -> dict:
   device = "cuda" if torch.cuda.is_available() else "cpu"
   base = SentenceTransformer(model_dir(args), device=device)
   base.max_seq_length = args.max_length
-  dense = models.Dense(384, 384, activation_function=torch.nn.Identity())
+  dense = models.Dense(dims[0], dims[0], activation_function=torch.nn.Identity())
   peer = SentenceTransformer(modules=[base[0], base[1], dense, models.Normalize()], device=device)
   peer.train()
   loss_fn = losses.MatryoshkaLoss(peer, losses.MultipleNegativesRankingLoss(peer, scale=20.0), dims)

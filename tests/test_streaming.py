@@ -128,3 +128,14 @@ def test_seqio_gives_each_host_its_share_of_the_rows(tmp_path, minilm):
             for index in range(2)]
   assert [len(s) for s in shards] == [4, 3]
   assert len(set(shards[0]) | set(shards[1])) == 7  # every row on exactly one host
+
+
+def test_bench_rows_are_valid_triples_of_about_100_characters(tmp_path):
+  from gembed.data.rows import scan_jsonl_rows
+  from gembed.tools.bench.stream import write_rows
+
+  path = str(tmp_path / "rows.jsonl")
+  write_rows(path, 25, seed=0, chunk=10)
+  assert scan_jsonl_rows([path], 1) == (25, [])
+  rows = read_jsonl_rows([path], 1)
+  assert 80 <= sum(map(len, rows.query)) / 25 <= 120 and rows.negative_valid.all()

@@ -4,6 +4,8 @@ A row: {"query": str, "positive": str, optional "negative": str or "negatives": 
 "title" (the positive's title), "task", "query_id", "positive_id"}. A malformed row is an
 error naming file, line and problem, or (with `skip_bad_rows`) skipped and named: every kind
 (invalid UTF-8 or JSON, not an object, a missing, empty or mistyped field) by "file:line: problem".
+One rule per line (row_columns over textio.jsonl_object) serves the in-memory reader, the
+streamed source's first pass (scan_jsonl_rows) and its parse in tf.data (line_columns).
 """
 
 from __future__ import annotations

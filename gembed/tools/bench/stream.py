@@ -44,11 +44,13 @@ def train_peak(args, data_dir: str, workdir: str) -> tuple[int, float]:
   if args.model:
     command.append(f"--config.model.init={args.model}")
   start = time.perf_counter()
-  child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  errors = child.stderr.read()  # until it exits: a full pipe would stall it
-  _, status, usage = os.wait4(child.pid, 0)
+  with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                        text=True) as child:
+    errors = child.stderr.read()  # until it exits: a full pipe would stall it
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait
   seconds = time.perf_counter() - start
-  if os.waitstatus_to_exitcode(status):
+  if child.returncode:
     raise RuntimeError(f"training over {data_dir} failed:\n{errors[-3000:]}")
   return usage.ru_maxrss * 1024, seconds  # Linux reports KiB
 

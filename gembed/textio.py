@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import io
 import json
 import re
 
@@ -34,50 +35,69 @@ def identity_key(text: str, ident: str = "") -> int:
   return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=4).digest()) & 0x7FFFFFFF
 
 
-def _lines(path: str, raw: bytes | None, bad: list[str] | None):
-  """(line number, UTF-8 text) of a file's lines; invalid UTF-8 is an error naming the line, or,
-  given a `bad` list, the line is named there and skipped."""
-  if raw is None:
-    with open(path, "rb") as f:
-      raw = f.read()
-  lines = raw.split(b"\n")
-  if lines and lines[-1] == b"":
-    lines.pop()
-  for number, line in enumerate(lines, start=1):
-    try:
-      yield number, line.decode("utf-8").rstrip("\r")
-    except UnicodeDecodeError as e:
-      problem = f"{path}:{number}: invalid UTF-8 ({e.reason} at byte {e.start})"
-      if bad is None:
-        raise InputError(problem) from None
-      bad.append(problem)
+def _raw_lines(path: str, raw: bytes | None):
+  """(line number, bytes without the newline) of a file, read a line at a time: split at b"\n"
+  only, as tf.data.TextLineDataset does (a "\r" before it goes in decode_line)."""
+  with open(path, "rb") if raw is None else io.BytesIO(raw) as f:
+    for number, line in enumerate(f, start=1):
+      yield number, line.removesuffix(b"\n")
+
+
+def decode_line(line: bytes) -> str:
+  """A line's UTF-8 text without a trailing "\r"; ValueError naming the problem if not UTF-8."""
+  try:
+    return line.decode("utf-8").rstrip("\r")
+  except UnicodeDecodeError as e:
+    raise ValueError(f"invalid UTF-8 ({e.reason} at byte {e.start})") from None
+
+
+def jsonl_object(line: bytes) -> dict | None:
+  """The object on one line of a JSON Lines file, None for a blank line; ValueError naming the
+  problem for a line that is not UTF-8, not JSON or not an object. Every JSONL reader's rule,
+  the streamed training source's included (gembed/data/sources.py)."""
+  text = decode_line(line)
+  if not text.strip():
+    return None
+  try:
+    row = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"invalid JSON ({e.msg})") from None
+  if not isinstance(row, dict):
+    raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+  return row
+
+
+def reject(bad: list[str] | None, problem: str) -> None:
+  """A bad input line: an InputError, or, given a `bad` list, named there to be skipped."""
+  if bad is None:
+    raise InputError(problem) from None
+  bad.append(problem)
 
 
 def read_lines(path: str, raw: bytes | None = None) -> list[str]:
   """UTF-8 lines of a file (without newline), with invalid UTF-8 reported by line. `raw`: the
   file's bytes when they were read some other way (Beam's FileSystems for gs:// paths)."""
-  return [line for _, line in _lines(path, raw, None)]
+  lines = []
+  for number, line in _raw_lines(path, raw):
+    try:
+      lines.append(decode_line(line))
+    except ValueError as e:
+      raise InputError(f"{path}:{number}: {e}") from None
+  return lines
 
 
 def iter_jsonl(path: str, raw: bytes | None = None, bad: list[str] | None = None):
-  """Yields (line_number, object) for each non-blank line of a JSON Lines file. A line that is
-  not UTF-8, not JSON or not an object is an error naming file and line; given a `bad` list,
-  it is named there ("file:line: problem") and skipped instead."""
-  for number, line in _lines(path, raw, bad):
-    if not line.strip():
-      continue
+  """Yields (line_number, object) for each non-blank line of a JSON Lines file, reading a line at
+  a time. A line that is not UTF-8, not JSON or not an object is an error naming file and line;
+  given a `bad` list, it is named there ("file:line: problem") and skipped instead."""
+  for number, line in _raw_lines(path, raw):
     try:
-      row = json.loads(line)
-      if not isinstance(row, dict):
-        raise ValueError(f"expected a JSON object, got {type(row).__name__}")
-    except ValueError as e:  # json.JSONDecodeError is a ValueError
-      problem = f"{path}:{number}: " + (f"invalid JSON ({e.msg})"
-                                         if isinstance(e, json.JSONDecodeError) else str(e))
-      if bad is None:
-        raise InputError(problem) from None
-      bad.append(problem)
+      row = jsonl_object(line)
+    except ValueError as e:
+      reject(bad, f"{path}:{number}: {e}")
       continue
-    yield number, row
+    if row is not None:
+      yield number, row
 
 
 def report_bad_rows(bad: list[str], paths: list[str], log) -> None:

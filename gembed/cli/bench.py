@@ -1,5 +1,5 @@
-"""`gembed bench encode|train|data|memory|mine|quality`: benchmarks beside the peer (gembed.tools.bench,
-one module per benchmark; a new one is a module there and a parser here)."""
+"""`gembed bench encode|train|data|memory|stream|mine|quality`: benchmarks beside the peer
+(gembed.tools.bench, one module per benchmark; a new one is a module there and a parser here)."""
 
 from __future__ import annotations
 
@@ -45,6 +45,15 @@ def add_parsers(sub) -> None:
   data.add_argument("--triples", default=DEFAULT_TRIPLES)
   data.add_argument("--batches", type=int, default=20)
   data.add_argument("--repeats", type=int, default=3)
+  stream = kinds.add_parser("stream", help="peak resident memory of a short training run over "
+                            "N generated JSONL rows, for each N")
+  stream.add_argument("--rows", type=int, nargs="+", default=[200_000, 2_000_000])
+  stream.add_argument("--steps", type=int, default=4)
+  stream.add_argument("--config", default="configs/finetune.py:tiny",
+                      help="the training config (its two task files are generated)")
+  stream.add_argument("--model", default=None, help="model.init (default: the config's)")
+  stream.add_argument("--tmp", default=None, help="where the rows are written (default: the "
+                      "system's temporary directory)")
   mine_p = kinds.add_parser("mine", help="hard-negative mining vs sentence-transformers' "
                            "mine_hard_negatives (the peer also needs `pip install datasets`)")
   mine_p.add_argument("--pairs", default=DEFAULT_PAIRS)

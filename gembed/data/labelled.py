@@ -19,7 +19,7 @@ import logging
 import numpy as np
 
 from gembed.data.rows import Rows, read_jsonl_rows
-from gembed.textio import InputError, iter_jsonl, report_bad_rows
+from gembed.textio import InputError, iter_jsonl, reject, report_bad_rows
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +50,7 @@ def read_labelled(paths: list[str], skip_bad_rows: bool = False) -> tuple[list[s
       try:
         text, label = _labelled_row(row)
       except ValueError as e:
-        if bad is None:
-          raise InputError(f"{path}:{number}: {e}") from None
-        bad.append(f"{path}:{number}: {e}")
+        reject(bad, f"{path}:{number}: {e}")
         continue
       texts.append(text)
       labels.append(label)

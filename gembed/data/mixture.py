@@ -53,8 +53,9 @@ def make_mixture(tasks: list[seqio.Task], rates: np.ndarray, *, host_batch_size:
 
   Examples are shuffled here, after preprocessing, with a seeded buffer (what SeqIO's own
   `shuffle=True` does). Asking SeqIO to shuffle would also make it warn that an uncached
-  FunctionDataSource shuffles poorly on restarts; that does not apply: the rows are read in full
-  and every host's iterator position is checkpointed, so a restart continues the same stream.
+  FunctionDataSource shuffles poorly on restarts; that does not apply: every source gives its
+  rows in one fixed order and every host's iterator position is checkpointed, so a restart
+  continues the same stream.
   """
   per_task = []
   for i, task in enumerate(tasks):

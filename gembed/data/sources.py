@@ -1,5 +1,5 @@
-"""Where a task's rows come from: JSONL or labelled files (read and validated in Python,
-gembed.data.rows / labelled), TFRecord files of tf.train.Examples, or a TFDS dataset. Every
+"""Where a task's rows come from: JSONL files (streamed a line at a time), labelled files (read
+whole: rows pair texts by label), TFRecord files of tf.train.Examples, or a TFDS dataset. Every
 source yields the same columns: query, positive, title, query_id, positive_id and K hard-negative
 slots (negative_k, negative_k_valid).
 """
@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import tensorflow as tf
 
 from gembed.data import labelled
-from gembed.data.rows import Rows, read_jsonl_rows
+from gembed.data.rows import column_names, line_columns, scan_jsonl_rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,11 +64,41 @@ def standardize_columns(ds, num_negatives: int, task_name: str):
   return ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
 
 
+LINES_PER_PARSE = 256  # JSONL lines per Python call: its overhead spread over many rows
+
+
+def jsonl_dataset(files: tuple[str, ...], num_negatives: int) -> tf.data.Dataset:
+  """The rows of JSONL files in file and line order, read a line at a time: memory does not grow
+  with the files. Each line is parsed and validated by the rule of the first pass
+  (rows.scan_jsonl_rows, which counted the rows and named or refused the bad ones); blank and bad
+  lines yield nothing. Every step is a checkpointable tf.data op (the iterator saves its file
+  offset), so a resumed run continues exactly; tf.data.Dataset.from_generator would not."""
+  names = column_names(num_negatives)
+  types = [tf.bool if name.endswith("_valid") else tf.string for name in names]
+
+  def parse(lines):  # stateless: the same lines give the same rows
+    rows = [row for row in (line_columns(line, num_negatives) for line in lines) if row]
+    return [np.asarray([row[name] for row in rows], dtype=bool if t == tf.bool else object)
+            for name, t in zip(names, types)]
+
+  def parse_batch(lines):
+    columns = tf.numpy_function(parse, [lines], types, stateful=False)
+    for column in columns:
+      column.set_shape([None])
+    return dict(zip(names, columns))
+
+  lines = tf.data.TextLineDataset(list(files))
+  return lines.batch(LINES_PER_PARSE).map(parse_batch).unbatch()
+
+
 def task_source(spec: TaskSpec, num_negatives: int, skip_bad_rows: bool):
   """(dataset_fn, number of rows, bad rows skipped) of one task's rows, in the JSONL columns."""
-  if spec.source in ("jsonl", *labelled.KINDS):
-    rows = labelled.read_task_rows(spec.source, list(spec.files), num_negatives, spec.seed,
-                                   skip_bad_rows)
+  if spec.source == "jsonl":
+    num_rows, bad_rows = scan_jsonl_rows(list(spec.files), num_negatives, skip_bad_rows)
+    return (lambda: jsonl_dataset(spec.files, num_negatives)), num_rows, bad_rows
+  if spec.source in labelled.KINDS:
+    rows = labelled.read_labelled_rows(list(spec.files), spec.source, num_negatives, spec.seed,
+                                       skip_bad_rows)
     columns = {k: (v.astype(str) if v.dtype == object else v) for k, v in rows.as_dict().items()}
     return (lambda: tf.data.Dataset.from_tensor_slices(columns)), len(rows), rows.bad_rows
   if skip_bad_rows:

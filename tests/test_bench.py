@@ -105,3 +105,14 @@ def test_mine_data_and_memory_benchmarks_on_a_tiny_budget(tmp_path, capsys):
                   "--max-length", "16")
   assert set(memory["temp_gib"]) == {"plain", "grad_cache"}
   assert all(v > 0 for v in memory["examples_per_s"].values())
+
+
+def test_stream_benchmark_on_a_tiny_budget(tmp_path, minilm_dir, capsys):
+  import os
+
+  from tiny import make_tiny_bert_dir
+  model = make_tiny_bert_dir(tmp_path / "tiny", os.path.join(minilm_dir, "tokenizer.json"))
+  result = _bench(capsys, "stream", "--rows", "40", "80", "--steps", "1", "--model", model,
+                  "--tmp", str(tmp_path / "rows"))
+  assert set(result["runs"]) == {"40", "80"} and result["ratio"] > 0
+  assert all(run["peak_rss_mib"] > 100 for run in result["runs"].values())  # a whole trainer

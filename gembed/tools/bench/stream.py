@@ -59,6 +59,8 @@ def run(args) -> dict:
   """Peak resident memory of the same short run over each of `args.rows` rows (split over the
   config's two task files), and the ratio of the last to the first."""
   result = {"config": args.config, "steps": args.steps, "runs": {}}
+  if args.tmp:
+    os.makedirs(args.tmp, exist_ok=True)
   with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
     for n in args.rows:
       data_dir = os.path.join(tmp, f"data-{n}")

@@ -171,7 +171,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   timer_step, timer = start, time.perf_counter()
   try:
     for step in range(start, total):
-      host_batch = {k: v.numpy() for k, v in next(iterator).items()}
+      host_batch = mixture.next_batch(iterator)
       task_steps[int(host_batch.pop("task_index"))] += 1
       query_len, doc_len = host_batch["query_ids"].shape[1], host_batch["positive_ids"].shape[1]
       if (query_len, doc_len) not in step_shapes:

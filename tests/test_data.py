@@ -184,3 +184,22 @@ def test_tfds_builder_over_jsonl(tmp_path, minilm):
   queries = {tok.decode(r[m > 0].tolist()) for r, m in zip(batch["query_ids"].numpy(),
                                                            batch["query_mask"].numpy())}
   assert "[CLS] task : search result | query : tfds query [SEP]" in queries
+
+
+def test_tfrecord_and_tfds_rows_with_an_empty_text_are_named(tmp_path):
+  """Not a bare TensorFlow assertion: an InputError naming task, file and record (TFRecord: when
+  the task is registered, as its rows are counted; TFDS: when the batch is drawn)."""
+  path = str(tmp_path / "rows.tfrecord")
+  feature = lambda v: tf.train.Feature(bytes_list=tf.train.BytesList(value=[v.encode()]))  # noqa: E731
+  with tf.io.TFRecordWriter(path) as writer:
+    for q, p in (("first query", "first doc"), ("second query", "")):
+      writer.write(tf.train.Example(features=tf.train.Features(feature={
+          "query": feature(q), "positive": feature(p)})).SerializeToString())
+  with pytest.raises(InputError, match=f"task rec: {path} record 2: an empty text in positive"):
+    sources.task_source(sources.TaskSpec("rec", (path,), source="tfrecord"), 1, False)
+  examples = tf.data.Dataset.from_tensor_slices({"query": ["a", ""], "positive": ["b", "c"],
+                                                 "where": ["d train example 0", "d train example 1"]})
+  rows = iter(sources.standardize_columns(examples, 0, "t").batch(1))
+  assert mixture.next_batch(rows)["query"].tolist() == [b"a"]
+  with pytest.raises(InputError, match="task t: d train example 1: an empty text in query"):
+    mixture.next_batch(rows)

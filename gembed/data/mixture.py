@@ -13,10 +13,10 @@ import seqio
 import tensorflow as tf
 
 from gembed.data.batching import batch_task
-from gembed.data.sources import TaskSpec
+from gembed.data.sources import TaskSpec, refused_row
 from gembed.data.tasks import register_task
 from gembed.data.teacher_store import TeacherStore
-from gembed.textio import expand_files
+from gembed.textio import InputError, expand_files
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,17 @@ def make_mixture(tasks: list[seqio.Task], rates: np.ndarray, *, host_batch_size:
   options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
   options.deterministic = True
   return ds.with_options(options).prefetch(2)
+
+
+def next_batch(iterator) -> dict:
+  """The next host batch as NumPy arrays; a TFRecord/TFDS row the pipeline refuses (an empty
+  text) is an InputError naming its task, file and record."""
+  try:
+    return {k: v.numpy() for k, v in next(iterator).items()}
+  except tf.errors.InvalidArgumentError as e:
+    if refused_row(e) is None:
+      raise
+    raise InputError(refused_row(e)) from None
 
 
 def task_specs(config) -> list[TaskSpec]:

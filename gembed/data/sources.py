@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from gembed.data import labelled
 from gembed.data.rows import column_names, line_columns, scan_jsonl_rows
+from gembed.textio import InputError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,13 +43,18 @@ TFRECORD_FEATURES = {
 }
 
 
+EMPTY_TEXT = "an empty text"  # in the message of a refused TFRecord/TFDS row (refused_row)
+
+
 def standardize_columns(ds, num_negatives: int, task_name: str):
-  """TFRecord/TFDS examples -> the JSONL source's columns (K negative slots + validity)."""
+  """TFRecord/TFDS examples, each with `where` (its file and record, or its split and index),
+  -> the JSONL source's columns (K negative slots + validity). A row with an empty query or
+  positive stops the pipeline naming it (`refused_row` makes that an InputError)."""
   def fn(ex):
     out = {}
     for key in ("query", "positive"):
-      tf.debugging.assert_greater(tf.strings.length(ex[key]), 0,
-                                  message=f"task {task_name}: a row has an empty {key!r}")
+      tf.debugging.Assert(tf.strings.length(ex[key]) > 0, [tf.strings.join(
+          [f"task {task_name}: ", ex["where"], f": {EMPTY_TEXT} in {key}"])])
       out[key] = ex[key]
     for key in ("title", "query_id", "positive_id"):
       out[key] = ex[key] if key in ex else tf.constant("")
@@ -62,6 +68,25 @@ def standardize_columns(ds, num_negatives: int, task_name: str):
       out[f"negative_{k}_valid"] = k < count
     return out
   return ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def refused_row(error: tf.errors.InvalidArgumentError) -> str | None:
+  """The message naming the row that standardize_columns refused, or None for another error."""
+  if EMPTY_TEXT not in error.message:
+    return None
+  start = error.message.index("task ")
+  return error.message[start:error.message.index("]", start)].strip()
+
+
+def tfrecord_dataset(files: tuple[str, ...]) -> tf.data.Dataset:
+  """Parsed tf.train.Examples of the files in order, each with `where` = "FILE record N"
+  (counted from 1, as lines are)."""
+  def records(path):
+    numbered = tf.data.TFRecordDataset(path).enumerate(start=1)
+    return numbered.map(lambda n, record: dict(
+        tf.io.parse_single_example(record, TFRECORD_FEATURES),
+        where=tf.strings.join([path, " record ", tf.strings.as_string(n)])))
+  return tf.data.Dataset.from_tensor_slices(list(files)).flat_map(records)
 
 
 LINES_PER_PARSE = 256  # JSONL lines per Python call: its overhead spread over many rows
@@ -110,10 +135,13 @@ def task_source(spec: TaskSpec, num_negatives: int, skip_bad_rows: bool):
       raise FileNotFoundError(f"task {spec.name}: no such TFRecord file(s): {missing}")
 
     def tfrecord():
-      ds = tf.data.TFRecordDataset(list(spec.files))
-      return standardize_columns(ds.map(lambda r: tf.io.parse_single_example(r, TFRECORD_FEATURES)),
-                                 num_negatives, spec.name)
-    count = int(tfrecord().reduce(0, lambda n, _: n + 1))
+      return standardize_columns(tfrecord_dataset(spec.files), num_negatives, spec.name)
+    try:  # the count reads every row: a refused one is named before training starts
+      count = int(tfrecord().reduce(0, lambda n, _: n + 1))
+    except tf.errors.InvalidArgumentError as e:
+      if refused_row(e) is None:
+        raise
+      raise InputError(refused_row(e)) from None
     return tfrecord, count, []
   if spec.source == "tfds":
     import tensorflow_datasets as tfds
@@ -124,8 +152,11 @@ def task_source(spec: TaskSpec, num_negatives: int, skip_bad_rows: bool):
       builder = tfds.builder(spec.tfds_name, data_dir=spec.tfds_data_dir or None)
 
     def tfds_dataset():
-      return standardize_columns(builder.as_dataset(split=spec.split, shuffle_files=False),
-                                 num_negatives, spec.name)
+      ds = builder.as_dataset(split=spec.split, shuffle_files=False).enumerate()
+      where = f"{spec.tfds_name} {spec.split} example "
+      return standardize_columns(
+          ds.map(lambda i, ex: dict(ex, where=tf.strings.join([where, tf.strings.as_string(i)]))),
+          num_negatives, spec.name)
     return tfds_dataset, builder.info.splits[spec.split].num_examples, []
   raise ValueError(f"task {spec.name}: source {spec.source!r}; use jsonl, tfrecord, tfds, "
                    f"{' or '.join(labelled.KINDS)}")

@@ -72,7 +72,7 @@ def get_base_config():
   c.model.remat = False  # rematerialise layers in the backward pass
   c.model.scan_layers = False  # nn.scan over stacked layers: one layer compiled (deep LLMs)
   c.model.keep_layers = ()  # indices of the init's layers to keep (a student of its teacher's
-  #                          own layers, e.g. (1, 3, 5)); () = every layer
+  #                          own layers, e.g. (0, 3, 5)); () = every layer
   c.model.remat_policy = "nothing_saveable"  # what remat keeps (jax.checkpoint_policies name):
   #   nothing_saveable (least memory) | dots_with_no_batch_dims_saveable | dots_saveable
   c.model.lora_rank = 0  # > 0: low-rank adapters on a frozen encoder (docs/adapters.md); 0 = off

@@ -35,8 +35,7 @@ def define_flags(argv: list[str] = ()):
   flags.DEFINE_float("mfu", 0.4, "report the step time this model FLOPs utilisation would mean",
                      flag_values=flag_values)
   flags.DEFINE_bool("json", False, "print the report as JSON", flag_values=flag_values)
-  flags.DEFINE_bool("verbose", False, "show everything (debug logging, start-up lines)",
-                    short_name="v", flag_values=flag_values)
+  train.verbose_flag(flag_values)
   return flag_values
 
 

@@ -25,8 +25,7 @@ def define_flags(argv: list[str] = ()):
   train.config_flag(flag_values, argv)
   flags.DEFINE_string("out", None, "directory of the teacher embeddings", flag_values=flag_values)
   flags.DEFINE_integer("batch_size", 128, "texts per teacher forward pass", flag_values=flag_values)
-  flags.DEFINE_bool("verbose", False, "show everything (debug logging, start-up lines)",
-                    short_name="v", flag_values=flag_values)
+  train.verbose_flag(flag_values)
   return flag_values
 
 

@@ -38,6 +38,13 @@ def config_flag(flag_values, argv: list[str]):
                                          lock_config=True, flag_values=flag_values)
 
 
+def verbose_flag(flag_values) -> None:
+  """-v / --verbose, the same on every absl command (the `gembed` parser's -v)."""
+  from absl import flags
+  flags.DEFINE_bool("verbose", False, "show everything: debug logging and the start-up lines of "
+                    "TensorFlow, XLA and absl", short_name="v", flag_values=flag_values)
+
+
 def parse(flag_values, argv: list[str]) -> bool:
   """Parses `argv`; False (with the message printed) on a bad flag or config key. `--help` /
   `-h` prints the flags and exits."""
@@ -63,8 +70,7 @@ def define_flags(argv: list[str] = ()):
   flag_values = flags.FlagValues()
   flags.DEFINE_string("workdir", None, "directory for checkpoints, logs and the model",
                       flag_values=flag_values)
-  flags.DEFINE_bool("verbose", False, "show everything: debug logging and the start-up lines of "
-                    "TensorFlow, XLA and absl", short_name="v", flag_values=flag_values)
+  verbose_flag(flag_values)
   config_flag(flag_values, argv)
   return flag_values
 

@@ -144,7 +144,7 @@ def restore_newest_readable(manager: ocp.CheckpointManager, abstract_params, res
     if failure is None:
       raise IncompatibleCheckpointError(
           f"{root / str(step)}: {mismatch}. The workdir holds another model; train in a new one")
-    _drop_closed_loop_reports()
+    _drop_late_restore_reports()
     moved = _move_aside(root, step) if jax.process_index() == 0 else root / str(step)
     log.warning("checkpoint %d is unreadable (%s); moved aside to %s, trying the previous one",
                 step, failure, moved)
@@ -161,11 +161,12 @@ def _innermost_message(error: BaseException) -> str:
   return f"{type(error).__name__}: {lines[0][:300] if lines else ''}"
 
 
-def _drop_closed_loop_reports() -> None:
-  """TensorStore reads still in flight when a restore fails finish later, on their own threads,
-  and find Orbax's event loop closed: each reports `RuntimeError: Event loop is closed` with a
-  traceback. They repeat the failure already named, so from the first failed restore on that
-  one report is dropped; every other goes to the previous hook."""
+def _drop_late_restore_reports() -> None:
+  """TensorStore reads still in flight when a restore fails finish later, on their own threads:
+  some find Orbax's event loop closed and report `RuntimeError: Event loop is closed` with a
+  traceback, others leave a failed asyncio task whose error asyncio logs when it is collected
+  ("Task exception was never retrieved"). They repeat the failure already named, so from the
+  first failed restore on those two reports are dropped; every other passes."""
   previous = sys.unraisablehook
   if getattr(previous, "drops_closed_loop_reports", False):
     return
@@ -176,6 +177,8 @@ def _drop_closed_loop_reports() -> None:
       previous(unraisable)
   hook.drops_closed_loop_reports = True
   sys.unraisablehook = hook
+  logging.getLogger("asyncio").addFilter(
+      lambda record: not record.getMessage().startswith("Task exception was never retrieved"))
 
 
 @contextlib.contextmanager

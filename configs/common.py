@@ -93,7 +93,7 @@ def get_base_config():
   c.data.global_batch_size = 64  # rows per step over all hosts; one task per step
   c.data.query_length = 64  # tokens per query (with prompt), static for jit
   c.data.document_length = 128  # tokens per positive / hard negative
-  c.data.length_buckets = ()  # cut each batch to the bucket of its longest text (single host);
+  c.data.length_buckets = ()  # cut each batch to the bucket of its longest text (hosts agree);
   #                             () = always the full query_length / document_length
   c.data.num_negatives = 0  # hard-negative slots per row (0 for pairs)
   c.data.shuffle_buffer = 10_000  # examples in SeqIO's shuffle buffer

@@ -40,3 +40,19 @@ def shapes(batch_size: int, query_length: int, document_length: int,
     if k:
       out["teacher_negatives"] = ((b, k, teacher_dim), np.float32)
   return out
+
+
+def pad_lengths(batch: dict, query_length: int, document_length: int, pad_id: int) -> dict:
+  """A host batch (NumPy) padded to these query / document lengths: ids with `pad_id`, masks
+  with 0, so every row embeds as before (several hosts agreeing on one length bucket)."""
+  targets = {"query": query_length, "positive": document_length, "negative": document_length}
+  out = dict(batch)
+  for side, length in targets.items():
+    for field, value in ((f"{side}_ids", pad_id), (f"{side}_mask", 0)):
+      if field in batch:
+        x = batch[field]
+        if x.shape[-1] > length:
+          raise ValueError(f"{field} has {x.shape[-1]} tokens, more than the {length} to pad to")
+        widths = [(0, 0)] * (x.ndim - 1) + [(0, length - x.shape[-1])]
+        out[field] = np.pad(x, widths, constant_values=value)
+  return out

@@ -103,8 +103,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   abstract = abstract_train_state(model_config, optimizer, mesh)
   state = init_train_state(params, optimizer, state_rng, abstract)
   teacher, teacher_params = _teacher(config, info, model_config, mesh)
-  specs, _, dataset, bad_rows = mixture.from_config(config, info.tokenizer_file,
-                                                    jax.process_index(), jax.process_count())
+  data = mixture.from_config(config, info.tokenizer_file, jax.process_index(), jax.process_count())
+  specs, dataset, bad_rows = data.specs, data.dataset, data.bad_rows
+  agree_lengths = (mixture.shared_lengths(data.pad_id) if config.data.length_buckets
+                   else lambda batch, step: batch)
   if bad_rows and jax.process_index() == 0:  # data.skip_bad_rows: every one, by file and line
     with open(os.path.join(workdir, "bad_rows.txt"), "w", encoding="utf-8") as f:
       f.write("".join(line + "\n" for line in bad_rows))
@@ -171,7 +173,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   timer_step, timer = start, time.perf_counter()
   try:
     for step in range(start, total):
-      host_batch = mixture.next_batch(iterator)
+      host_batch = agree_lengths(mixture.next_batch(iterator), step)
       task_steps[int(host_batch.pop("task_index"))] += 1
       query_len, doc_len = host_batch["query_ids"].shape[1], host_batch["positive_ids"].shape[1]
       if (query_len, doc_len) not in step_shapes:
@@ -225,7 +227,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     writer.close()
     # An exception's traceback keeps this frame alive; a tf.data iterator still referenced at
     # interpreter shutdown (its tokenizer runs in tf.py_function) can hang the exit.
-    iterator = dataset = None  # noqa: F841
+    iterator = dataset = data = None  # noqa: F841
   return {"metrics": last_metrics, "dev": dev_results, "best": best,
           "task_steps": {s.name: int(n) for s, n in zip(specs, task_steps)}}
 

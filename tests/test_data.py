@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from gembed import batch as batch_schema
 from gembed.data import mixture, sources, tasks
 from gembed.data.rows import read_jsonl_rows
 from gembed.textio import InputError
@@ -28,7 +29,7 @@ def _task_files(tmp_path):
   return [_write(tmp_path / "a.jsonl", a), _write(tmp_path / "b.jsonl", b), _write(tmp_path / "c.jsonl", c)]
 
 
-def _mixture(tmp_path, minilm, seed=0, rates=(0.5, 0.3, 0.2), batch=4):
+def _mixture(tmp_path, minilm, seed=0, rates=(0.5, 0.3, 0.2), batch=4, length_buckets=()):
   info, _ = minilm
   files = _task_files(tmp_path)
   specs = [sources.TaskSpec(f"t{i}", (f,), prompt_task="search result", rate=r)
@@ -39,7 +40,7 @@ def _mixture(tmp_path, minilm, seed=0, rates=(0.5, 0.3, 0.2), batch=4):
   rates = mixture.mixture_rates([t.num_rows for t in registered], specs, "explicit")
   ds = mixture.make_mixture(registered, rates, host_batch_size=batch, seed=seed, shard_index=0,
                             num_shards=1, shuffle_buffer=64, query_length=16, document_length=24,
-                            num_negatives=1, pad_id=0)
+                            num_negatives=1, pad_id=0, length_buckets=length_buckets)
   return info, ds
 
 
@@ -83,6 +84,24 @@ def test_prompts_masks_and_keys(tmp_path, minilm):
   for i in range(8):
     for j in range(8):
       assert (texts[i] == texts[j]) == (keys[i] == keys[j])
+
+
+def test_length_buckets_cut_only_padding(tmp_path, minilm):
+  """A batch cut to its bucket, padded back (what hosts agreeing on a longer bucket do), is the
+  static-length batch."""
+  _, static = _mixture(tmp_path, minilm)
+  _, cut = _mixture(tmp_path, minilm, length_buckets=(8, 12, 16, 24))
+  lengths = set()
+  for full, short in zip(static.take(12).as_numpy_iterator(), cut.take(12).as_numpy_iterator()):
+    lengths.add((short["query_ids"].shape[1], short["positive_ids"].shape[1]))
+    assert short["query_mask"].sum(1).max() <= short["query_ids"].shape[1]
+    padded = batch_schema.pad_lengths(short, 16, 24, pad_id=0)
+    assert padded.keys() == full.keys()
+    for name in full:
+      np.testing.assert_array_equal(padded[name], full[name], err_msg=name)
+  assert all(q < 16 and d < 24 for q, d in lengths), lengths  # every batch was cut
+  with pytest.raises(ValueError, match="query_ids has 16 tokens, more than the 8"):
+    batch_schema.pad_lengths(full, 8, 24, pad_id=0)
 
 
 def test_same_seed_same_stream_and_exact_restore(tmp_path, minilm):

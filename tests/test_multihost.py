@@ -4,7 +4,8 @@ one task per global batch. One process is killed after a checkpoint, both are re
 resume; the end equals the one-process eight-device run of the same global batches (the
 two hosts' batches side by side, as `make_array_from_process_local_data` lays them out).
 
-Meshes: data x fsdp straight through, data x tensor killed and resumed.
+Meshes: data x fsdp straight through, data x tensor killed and resumed. Length buckets are on:
+texts of varied lengths, so on some steps the hosts' own buckets differ and they must agree.
 What `launch/tpu_run.sh` does across TPU hosts, here with processes; the same command by hand
 is in docs/tpu.md."""
 
@@ -20,22 +21,41 @@ import jax
 import numpy as np
 import pytest
 
-from gembed import checkpoint, sharding
+from gembed import batch as batch_schema, checkpoint, sharding
 from gembed.data import mixture
 from gembed.formats import modeldir
 from gembed.optim import make_optimizer
 from gembed.state import (abstract_train_state, init_train_state, initial_params, jit_train_step,
                           model_config_for_run)
-from test_train import setup  # noqa: F401  (the tiny checkpoint and SNLI/XNLI-like data)
+from test_train import setup  # noqa: F401  (the tiny checkpoint)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 6
 
 
+@pytest.fixture(scope="module")
+def varied_data(tmp_path_factory):
+  """SNLI/XNLI-like triples of 2 to 8 words (4 to 10 tokens, no prompts): with buckets (8, 16)
+  a host's four rows fit 8 tokens on some steps and need 16 on others."""
+  data = tmp_path_factory.mktemp("varied")
+  rng = np.random.default_rng(1)
+  words = "cat dog bird fish tree house car road sun moon star river hill sea".split()
+
+  def text():
+    return " ".join(rng.choice(words, rng.integers(2, 9)))
+
+  for name, rows in (("snli-triples.jsonl", 60), ("xnli-triples.jsonl", 40)):
+    with open(data / name, "w") as f:
+      for _ in range(rows):
+        f.write(json.dumps({"query": text(), "positive": text(), "negative": text()}) + "\n")
+  return str(data)
+
+
 def _overrides(model, data, mesh):
   return {"model.init": model, "data.dir": data, "model.projection_dim": 16,
           "loss.mrl_dims": (16, 8), "train.steps": STEPS, "ckpt.every": 2, "mesh.shape": mesh,
-          "data.length_buckets": (), "model.dropout_rate": 0.1}
+          "data.length_buckets": (8, 16), "prompts.query": "", "prompts.document": "",
+          "model.dropout_rate": 0.1}
 
 
 def _config(overrides):
@@ -88,7 +108,8 @@ def _logs(log_dir):
 
 def _one_process_reference(config):
   """The trainer's own pieces on this process's 8 devices, fed each step with host 0's and
-  host 1's batches side by side."""
+  host 1's batches side by side (padded to the longer's lengths, as one host would cut the
+  global batch); also the steps on which the hosts' own buckets differed."""
   init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.train.seed))
   init_info, init_params = modeldir.load_model(modeldir.resolve_model_arg(config.model.init))
   model_config = model_config_for_run(init_info.config, config.model)
@@ -99,16 +120,22 @@ def _one_process_reference(config):
   state = init_train_state(params, optimizer, state_rng, abstract)
   step = jit_train_step(config, model_config, optimizer, schedule, abstract, mesh)
   sources = [mixture.from_config(config, init_info.tokenizer_file, i, 2) for i in range(2)]
-  specs, hosts = sources[0][0], [iter(dataset) for _, _, dataset, _ in sources]
+  specs, hosts = sources[0].specs, [iter(source.dataset) for source in sources]
   task_steps = {spec.name: 0 for spec in specs}
-  for _ in range(config.train.steps):
+  disagreed = []
+  for s in range(config.train.steps):
     batches = [{k: v.numpy() for k, v in next(host).items()} for host in hosts]
     tasks = {int(b.pop("task_index")) for b in batches}
     assert len(tasks) == 1, "the two hosts drew different tasks for one global batch"
     task_steps[specs[tasks.pop()].name] += 1
+    lengths = [(b["query_ids"].shape[1], b["positive_ids"].shape[1]) for b in batches]
+    if lengths[0] != lengths[1]:
+      disagreed.append(s)
+    batches = [batch_schema.pad_lengths(b, *np.max(lengths, axis=0), sources[0].pad_id)
+               for b in batches]
     batch = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
     state, _ = step(state, jax.device_put(batch, sharding.batch_sharding(mesh)))
-  return jax.device_get(state.params), task_steps
+  return jax.device_get(state.params), task_steps, disagreed
 
 
 def _flat(params):
@@ -116,12 +143,12 @@ def _flat(params):
 
 
 @pytest.mark.slow
-def test_two_processes_equal_one(setup, tmp_path):  # noqa: F811
+def test_two_processes_equal_one(setup, varied_data, tmp_path):  # noqa: F811
   """Two hosts x four devices on a data x fsdp mesh (2, 4, 1), straight through, equal one host
   x eight devices. (The kill test below covers the data x tensor mesh; a pure data mesh adds
   nothing the data axis here does not show, and each two-process run costs minutes.)"""
-  model, data = setup
-  overrides = _overrides(model, data, "data_fsdp")
+  model, _ = setup
+  overrides = _overrides(model, varied_data, "data_fsdp")
   logs = tmp_path / "logs"
   logs.mkdir()
   assert _wait(_start_hosts(tmp_path / "w", overrides, str(logs))) == [0, 0], _logs(str(logs))
@@ -129,12 +156,12 @@ def test_two_processes_equal_one(setup, tmp_path):  # noqa: F811
 
 
 @pytest.mark.slow
-def test_one_host_killed_both_resume(setup, tmp_path):  # noqa: F811
+def test_one_host_killed_both_resume(setup, varied_data, tmp_path):  # noqa: F811
   """Data x tensor mesh. Process 1 is SIGKILLed after the first checkpoint (process 0, stuck in
   a collective, is killed too, as a job scheduler would); restarted, both resume from that
   checkpoint, each with its own data iterator, and end equal to one host x eight devices."""
-  model, data = setup
-  overrides = _overrides(model, data, "data_tensor")
+  model, _ = setup
+  overrides = _overrides(model, varied_data, "data_tensor")
   logs = tmp_path / "logs"
   logs.mkdir()
   workdir = tmp_path / "killed"
@@ -154,7 +181,8 @@ def test_one_host_killed_both_resume(setup, tmp_path):  # noqa: F811
 
 
 def _assert_equals_reference(workdir, overrides):
-  params, task_steps = _one_process_reference(_config(overrides))
+  params, task_steps, disagreed = _one_process_reference(_config(overrides))
+  assert disagreed, "the hosts' own length buckets never differed: the agreement went untested"
   np.testing.assert_allclose(_flat(checkpoint.load_workdir_params(str(workdir), STEPS)),
                              _flat(params), atol=1e-5, rtol=0)
   assert json.loads((workdir / "task_steps.json").read_text()) == task_steps

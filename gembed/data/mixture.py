@@ -1,17 +1,21 @@
 """The one-task-per-step mixture: per-task rates, a stateless seeded draw of the task of every
-step (all hosts agree; resumed iterators continue exactly), and the endless stream of host
-batches, each global batch from one task.
+step (all hosts agree; resumed iterators continue exactly), the endless stream of host
+batches, each global batch from one task, and the length bucket all hosts agree on.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+from typing import Callable, NamedTuple
 
+import jax
 import numpy as np
 import seqio
 import tensorflow as tf
 
+from gembed import batch as batch_schema
 from gembed.data.batching import batch_task
 from gembed.data.sources import TaskSpec, refused_row
 from gembed.data.tasks import register_task
@@ -115,10 +119,18 @@ def register_tasks(config, tokenizer_file: str, specs: list[TaskSpec], teacher_s
       teacher_store=teacher_store) for s in specs]
 
 
-def from_config(config, tokenizer_file: str, process_index: int = 0, process_count: int = 1):
-  """(task specs, rates, this host's batch stream, bad rows skipped as "file:line: problem")
-  of a training config's data and prompts (and precomputed teacher embeddings, when
-  distill.teacher_embeddings names them)."""
+class TrainingData(NamedTuple):
+  specs: list[TaskSpec]
+  rates: np.ndarray
+  dataset: tf.data.Dataset  # this host's batches
+  bad_rows: list[str]  # skipped rows (data.skip_bad_rows) as "file:line: problem"
+  pad_id: int
+
+
+def from_config(config, tokenizer_file: str, process_index: int = 0,
+                process_count: int = 1) -> TrainingData:
+  """This host's share of a training config's data and prompts (and precomputed teacher
+  embeddings, when distill.teacher_embeddings names them)."""
   d, seed = config.data, config.train.seed
   specs = task_specs(config)
   store = None
@@ -127,18 +139,44 @@ def from_config(config, tokenizer_file: str, process_index: int = 0, process_cou
     store.check_lengths(d.query_length, d.document_length)
   tasks = register_tasks(config, tokenizer_file, specs, store)
   rates = mixture_rates([t.num_rows for t in tasks], specs, d.mixing, d.mixing_temperature)
-  if d.length_buckets and process_count > 1:
-    raise ValueError("data.length_buckets cuts each host's batch on its own; with several hosts "
-                     "use static lengths (data.length_buckets = ())")
   if d.global_batch_size % process_count:
     raise ValueError(f"data.global_batch_size {d.global_batch_size} is not divisible by "
                      f"{process_count} hosts")
+  pad_id = tasks[0].output_features["query"].vocabulary.pad_id
   dataset = make_mixture(
       tasks, rates, host_batch_size=d.global_batch_size // process_count, seed=seed,
       shard_index=process_index, num_shards=process_count, shuffle_buffer=d.shuffle_buffer,
       query_length=d.query_length, document_length=d.document_length,
-      num_negatives=d.num_negatives, pad_id=tasks[0].output_features["query"].vocabulary.pad_id,
-      length_buckets=tuple(d.length_buckets), teacher_dim=store.dim if store else 0)
+      num_negatives=d.num_negatives, pad_id=pad_id, length_buckets=tuple(d.length_buckets), teacher_dim=store.dim if store else 0)
   log.info("mixture: %s", ", ".join(f"{s.name}={r:.3f} ({t.num_rows} rows)"
                                      for s, r, t in zip(specs, rates, tasks)))
-  return specs, rates, dataset, [line for t in tasks for line in t.bad_rows]
+  return TrainingData(specs, rates, dataset, [line for t in tasks for line in t.bad_rows], pad_id)
+
+
+_agreements = itertools.count()  # every host runs the same trainings in the same order
+
+
+def shared_lengths(pad_id: int, timeout_s: int = 600) -> Callable[[dict, int], dict]:
+  """`agree(host_batch, step)`: with data.length_buckets on several hosts, each host has cut its
+  batch to the bucket of its own longest texts; all pad to the longest any host cut to at that
+  step, so the global batch has one shape: the bucket one host would cut the whole global
+  batch to, so results equal one host's. The bucket depends on texts only their host has
+  read, so the hosts swap it: two integers per step through the coordination service's
+  key-value store, host to host, not a device collective that would queue behind the steps
+  already dispatched. One host: the batch as it is."""
+  if jax.process_count() == 1:
+    return lambda batch, step: batch
+  from jax._src import distributed  # the coordination service client jax.distributed started
+  client, me = distributed.global_state.client, jax.process_index()
+  prefix = f"gembed/lengths/{next(_agreements)}"
+
+  def agree(batch: dict, step: int) -> dict:
+    client.key_value_set(f"{prefix}/{step}/{me}",
+                         f"{batch['query_ids'].shape[-1]} {batch['positive_ids'].shape[-1]}")
+    client.wait_at_barrier(f"{prefix}/{step}", timeout_s * 1000)
+    lengths = np.asarray([v.split() for _, v in client.key_value_dir_get(f"{prefix}/{step}/")], int)
+    # Past this step's barrier every host has read the previous step's lengths.
+    client.key_value_delete(f"{prefix}/{step - 1}/{me}")
+    return batch_schema.pad_lengths(batch, *lengths.max(axis=0), pad_id)
+
+  return agree

@@ -37,7 +37,8 @@ def _typed(name: str, value: str, kind: type):
 
 def task(name, files=(), prompt_task="search result", rate=0.0, source="jsonl", tfds_name="",
          tfds_data_dir="", split="train", weight=1.0):
-  """One training dataset: JSONL or TFRecord files (or globs of shards) relative to data.dir, or
+  """One training dataset: JSONL, TFRecord or ArrayRecord files (or globs of shards) relative to
+  data.dir (source = "jsonl" | "tfrecord" | "arrayrecord"), or
   a TFDS dataset (a registered name or a prepared directory); rate is used when data.mixing = 'explicit',
   weight multiplies the rate of the proportional and temperature rules (then renormalised).
   source = "classification" | "clustering" reads {"text", "label"} files as (text, label text)

@@ -168,6 +168,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   best = _read_best(workdir)
   total = config.train.steps
   preemption = _Preemption()
+  cache_hits = _CacheHits()
   last_metrics, dev_results = {}, None
   bar = _progress_bar(start, total)
   timer_step, timer = start, time.perf_counter()
@@ -176,18 +177,24 @@ def train_and_evaluate(config, workdir: str) -> dict:
       host_batch = agree_lengths(mixture.next_batch(iterator), step)
       task_steps[int(host_batch.pop("task_index"))] += 1
       query_len, doc_len = host_batch["query_ids"].shape[1], host_batch["positive_ids"].shape[1]
-      if (query_len, doc_len) not in step_shapes:
+      new_shape = (query_len, doc_len) not in step_shapes
+      if new_shape:
         step_shapes.add((query_len, doc_len))
         log.info("step %d: new shape (query %d, document %d tokens), %d of at most %d: compiling "
                  "(or reading the compilation cache)", step + 1, query_len, doc_len,
                  len(step_shapes), max_shapes)
+        hits_before, compile_start = cache_hits.count, time.perf_counter()
       window_flops += flops.train_flops_per_step(model_config, d.global_batch_size, query_len,
                                                  doc_len, d.num_negatives,
                                                  teacher[0] if teacher else None)
       window_tokens += d.global_batch_size * (query_len + (1 + d.num_negatives) * doc_len)
       batch = {k: jax.make_array_from_process_local_data(batch_sharding, v)
                for k, v in host_batch.items()}
-      state, metrics = step_fn(state, batch, *teacher_args)
+      state, metrics = step_fn(state, batch, *teacher_args)  # compiles a new shape, then dispatches
+      if new_shape:
+        log.info("step %d: shape (query %d, document %d tokens) %s in %.1f s", step + 1, query_len,
+                 doc_len, "read from the compilation cache" if cache_hits.count > hits_before
+                 else "compiled", time.perf_counter() - compile_start)
       done = step + 1
       bar.update(1)
       will_save = done % config.ckpt.every == 0 or done == total or preemption.requested
@@ -224,6 +231,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     manager.wait_until_finished()
     manager.close()
     preemption.restore()
+    cache_hits.close()
     writer.close()
     # An exception's traceback keeps this frame alive; a tf.data iterator still referenced at
     # interpreter shutdown (its tokenizer runs in tf.py_function) can hang the exit.
@@ -308,6 +316,22 @@ def _dev_evaluator(config, info: modeldir.ModelInfo):
     return suite.evaluate(suite.ModelEmbedder(encoder), sets, info.dims, e.max_examples)
 
   return evaluate
+
+
+class _CacheHits:
+  """Counts JAX's persistent compilation cache hits (its monitoring events), so a new step shape
+  is logged as read from the cache or compiled."""
+
+  def __init__(self):
+    self.count = 0
+    jax.monitoring.register_event_listener(self._on_event)
+
+  def _on_event(self, event: str, **unused):
+    if event == "/jax/compilation_cache/cache_hits":
+      self.count += 1
+
+  def close(self):
+    jax.monitoring.unregister_event_listener(self._on_event)
 
 
 class _Preemption:

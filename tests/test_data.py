@@ -168,18 +168,32 @@ def _first_batch(spec, minilm):
   return task, next(iter(ds)), Tokenizer(info.tokenizer_file, 16)
 
 
-def test_tfrecord_source(tmp_path, minilm):
-  path = str(tmp_path / "rows.tfrecord")
-
+def write_examples(path: str, source: str, rows) -> str:
+  """(query, positive, negatives) rows as tf.train.Examples in a TFRecord or ArrayRecord file."""
   def feature(values):
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v.encode() for v in values]))
 
-  with tf.io.TFRecordWriter(path) as writer:
-    for q, p, negs in (("first query", "first doc", ["neg a"]), ("second query", "second doc", [])):
-      ex = tf.train.Example(features=tf.train.Features(feature={
-          "query": feature([q]), "positive": feature([p]), "negatives": feature(negs)}))
-      writer.write(ex.SerializeToString())
-  task, batch, tok = _first_batch(sources.TaskSpec("rec", (path,), source="tfrecord"), minilm)
+  blobs = [tf.train.Example(features=tf.train.Features(feature={
+      "query": feature([q]), "positive": feature([p]), "negatives": feature(negs)})).SerializeToString()
+      for q, p, negs in rows]
+  if source == "tfrecord":
+    with tf.io.TFRecordWriter(path) as writer:
+      for blob in blobs:
+        writer.write(blob)
+  else:
+    from array_record.python.array_record_module import ArrayRecordWriter
+    writer = ArrayRecordWriter(path, "group_size:1")
+    for blob in blobs:
+      writer.write(blob)
+    writer.close()
+  return path
+
+
+@pytest.mark.parametrize("source", ["tfrecord", "arrayrecord"])
+def test_record_sources(tmp_path, minilm, source):
+  path = write_examples(str(tmp_path / f"rows.{source}"), source,
+                        [("first query", "first doc", ["neg a"]), ("second query", "second doc", [])])
+  task, batch, tok = _first_batch(sources.TaskSpec("rec", (path,), source=source), minilm)
   assert task.num_rows == 2
   valid = batch["negative_valid"].numpy().tolist()
   assert sorted(valid) == [[False, False], [True, False]]
@@ -205,9 +219,10 @@ def test_tfds_builder_over_jsonl(tmp_path, minilm):
   assert "[CLS] task : search result | query : tfds query [SEP]" in queries
 
 
-def test_tfrecord_and_tfds_rows_with_an_empty_text_are_named(tmp_path):
+def test_record_and_tfds_rows_with_an_empty_text_are_named(tmp_path):
   """Not a bare TensorFlow assertion: an InputError naming task, file and record (TFRecord: when
-  the task is registered, as its rows are counted; TFDS: when the batch is drawn)."""
+  the task is registered, as its rows are counted; ArrayRecord and TFDS: when the batch is
+  drawn)."""
   path = str(tmp_path / "rows.tfrecord")
   feature = lambda v: tf.train.Feature(bytes_list=tf.train.BytesList(value=[v.encode()]))  # noqa: E731
   with tf.io.TFRecordWriter(path) as writer:
@@ -216,6 +231,15 @@ def test_tfrecord_and_tfds_rows_with_an_empty_text_are_named(tmp_path):
           "query": feature(q), "positive": feature(p)})).SerializeToString())
   with pytest.raises(InputError, match=f"task rec: {path} record 2: an empty text in positive"):
     sources.task_source(sources.TaskSpec("rec", (path,), source="tfrecord"), 1, False)
+  # ArrayRecord: counted from its index, so named when drawn, as TFDS rows are.
+  path = write_examples(str(tmp_path / "rows.arrayrecord"), "arrayrecord",
+                        [("first query", "first doc", []), ("", "second doc", [])])
+  make_dataset, num_rows, _ = sources.task_source(
+      sources.TaskSpec("arr", (path,), source="arrayrecord"), 0, False)
+  rows = iter(make_dataset().batch(1))
+  assert num_rows == 2 and mixture.next_batch(rows)["query"].tolist() == [b"first query"]
+  with pytest.raises(InputError, match=f"task arr: {path} record 2: an empty text in query"):
+    mixture.next_batch(rows)
   examples = tf.data.Dataset.from_tensor_slices({"query": ["a", ""], "positive": ["b", "c"],
                                                  "where": ["d train example 0", "d train example 1"]})
   rows = iter(sources.standardize_columns(examples, 0, "t").batch(1))

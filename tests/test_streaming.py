@@ -1,5 +1,5 @@
 """The streamed JSONL source: the in-memory reader's rows, bad rows named by file and line before
-training, an exactly resumable iterator, and SeqIO's per-host shards."""
+training, an exactly resumable iterator, and each host's share (its files, or its lines)."""
 
 import json
 
@@ -117,22 +117,65 @@ def test_iterator_checkpoint_resumes_exactly(tmp_path, monkeypatch):
   assert [next(resumed)["query"].numpy() for _ in range(30)] == expected
 
 
-def test_seqio_gives_each_host_its_share_of_the_rows(tmp_path, minilm):
+def test_arrayrecord_shares_and_exact_resume(tmp_path, monkeypatch):
+  """ArrayRecord files read by position: each host's share (its files, or every n-th record of
+  too few files), in order, and an iterator checkpoint that resumes exactly."""
+  from test_data import write_examples
+
+  monkeypatch.setattr(sources, "RECORDS_PER_READ", 4)
+  files = tuple(write_examples(str(tmp_path / f"{name}.arrayrecord"), "arrayrecord",
+                               [(f"{name}{i}", "p", []) for i in range(7)]) for name in "abc")
+
+  def stream(files, index=0, count=1):  # the query column (negatives are a SparseTensor)
+    return sources.arrayrecord_dataset(files, index, count).map(lambda ex: ex["query"])
+
+  def queries(files, index, count):
+    return [q.decode() for q in stream(files, index, count).as_numpy_iterator()]
+
+  assert queries(files, 0, 1) == [f"{n}{i}" for n in "abc" for i in range(7)]
+  assert queries(files, 1, 2) == [f"b{i}" for i in range(7)]  # files 0, 2 to host 0; 1 to host 1
+  assert queries(files[:1], 1, 2) == ["a1", "a3", "a5"]  # one file: every 2nd record
+  it = iter(stream(files).repeat())
+  for _ in range(9):  # inside a read, past the first file
+    next(it)
+  saved = tf.train.Checkpoint(iterator=it).write(str(tmp_path / "ckpt" / "it"))
+  expected = [next(it).numpy() for _ in range(20)]  # across files and the repeat
+  assert expected[:2] == [b"b2", b"b3"] and expected[12:14] == [b"a0", b"a1"]
+  resumed = iter(stream(files).repeat())
+  tf.train.Checkpoint(iterator=resumed).read(saved).assert_consumed()
+  assert [next(resumed).numpy() for _ in range(20)] == expected
+
+
+@pytest.mark.parametrize("num_files", [1, 3])
+def test_each_host_reads_its_share_of_the_rows(tmp_path, minilm, num_files):
+  """Through SeqIO's shard_info: with fewer files than hosts every host reads the lines and
+  keeps its own; with as many or more, each host reads only its own files."""
   info, _ = minilm
-  path = _write(tmp_path / "a.jsonl", [_json({"query": f"q{i}", "positive": "p"}) + b"\n"
-                                       for i in range(7)])
-  task = tasks.register_task(sources.TaskSpec("shards", (path,)),
+  files = [_write(tmp_path / f"{f}.jsonl", [_json({"query": f"f{f} q{i}", "positive": "p"}) + b"\n"
+                                            for i in range(7)]) for f in range(num_files)]
+  task = tasks.register_task(sources.TaskSpec("shards", tuple(files)),
                              tokenizer_file=info.tokenizer_file, query_length=8, document_length=8,
                              num_negatives=0, query_prompt="{text}", document_format="{text}")
 
-  def shard(index):
+  def share(index):
     ds = task.get_dataset(None, split="train", shuffle=False, num_epochs=1, use_cached=False,
                           shard_info=seqio.ShardInfo(index, 2))
     return [ex["query_key"] for ex in ds.as_numpy_iterator()]
 
-  shards = [shard(0), shard(1)]
-  assert [len(s) for s in shards] == [4, 3]
-  assert len(set(shards[0]) | set(shards[1])) == 7  # every row on exactly one host
+  def queries(index):
+    return [ex["query"].decode() for ex in task.source.get_dataset(
+        shuffle=False, shard_info=seqio.ShardInfo(index, 2)).as_numpy_iterator()]
+
+  shares = [share(0), share(1)]
+  assert len(set(shares[0]) | set(shares[1])) == 7 * num_files  # every row on exactly one host
+  if num_files == 1:
+    assert [len(s) for s in shares] == [4, 3]
+    assert queries(1) == ["f0 q1", "f0 q3", "f0 q5"]
+  else:  # files 0 and 2 to host 0, file 1 to host 1
+    assert {q.split()[0] for q in queries(0)} == {"f0", "f2"} and len(shares[0]) == 14
+    assert {q.split()[0] for q in queries(1)} == {"f1"} and len(shares[1]) == 7
+  assert sources.host_share(tuple(files), 1, 2) == \
+      ((tuple(files), True) if num_files == 1 else ((files[1],), False))
 
 
 def test_bench_rows_are_valid_triples_of_about_100_characters(tmp_path):

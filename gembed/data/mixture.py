@@ -86,7 +86,7 @@ def make_mixture(tasks: list[seqio.Task], rates: np.ndarray, *, host_batch_size:
 
 
 def next_batch(iterator) -> dict:
-  """The next host batch as NumPy arrays; a TFRecord/TFDS row the pipeline refuses (an empty
+  """The next host batch as NumPy arrays; a record or TFDS row the pipeline refuses (an empty
   text) is an InputError naming its task, file and record."""
   try:
     return {k: v.numpy() for k, v in next(iterator).items()}

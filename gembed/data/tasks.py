@@ -17,6 +17,18 @@ from gembed.data.vocabulary import HfTokenizerVocabulary
 log = logging.getLogger(__name__)
 
 
+class HostShareSource(seqio.FunctionDataSource):
+  """A FunctionDataSource whose function reads one host's share itself (sources.host_share):
+  SeqIO would otherwise have every host read every row and keep every n-th."""
+
+  @property
+  def supports_arbitrary_sharding(self) -> bool:
+    return True
+
+  def get_dataset(self, split="train", shuffle=True, seed=None, shard_info=None, **unused):
+    return self._dataset_fn(split=split, shuffle_files=shuffle, seed=seed, shard_info=shard_info)
+
+
 def register_task(spec: TaskSpec, *, tokenizer_file: str, query_length: int, document_length: int,
                   num_negatives: int, query_prompt: str, document_format: str,
                   skip_bad_rows: bool = False, task_dropout: float = 0.0,
@@ -27,9 +39,9 @@ def register_task(spec: TaskSpec, *, tokenizer_file: str, query_length: int, doc
   log.info("task %s: %d rows from %s (%d bad rows skipped)", spec.name, num_rows,
            ", ".join(spec.files) or spec.tfds_name, len(bad_rows))
 
-  def dataset_fn(split, shuffle_files, seed=None):
+  def dataset_fn(split, shuffle_files, seed=None, shard_info=None):
     del split, shuffle_files, seed  # one split; examples are shuffled by the mixture
-    return make_dataset()
+    return make_dataset(*((shard_info.index, shard_info.num_shards) if shard_info else ()))
 
   query_vocab = HfTokenizerVocabulary(tokenizer_file, query_length)
   doc_vocab = HfTokenizerVocabulary(tokenizer_file, document_length)
@@ -53,8 +65,8 @@ def register_task(spec: TaskSpec, *, tokenizer_file: str, query_length: int, doc
   name = f"gembed.{spec.name}"
   if name in seqio.TaskRegistry.names():
     seqio.TaskRegistry.remove(name)
-  task = seqio.Task(name, seqio.FunctionDataSource(dataset_fn, splits=["train"],
-                                                   num_input_examples={"train": num_rows}),
+  task = seqio.Task(name, HostShareSource(dataset_fn, splits=["train"],
+                                          num_input_examples={"train": num_rows}),
                     output_features=output_features, preprocessors=steps)
   seqio.TaskRegistry.add_provider(name, task)
   task.num_rows = num_rows

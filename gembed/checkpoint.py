@@ -126,10 +126,14 @@ def _move_aside(root: epath.Path, step: int) -> epath.Path:
 def restore_newest_readable(manager: ocp.CheckpointManager, abstract_params, restore_args):
   """(step, restored items) of the newest checkpoint that reads, or (None, None) when none does.
 
-  A checkpoint that does not read (truncated or corrupted files) is named in one warning line
-  and moved aside to `<step>.unreadable` (never deleted), and the previous one is tried. A
-  readable checkpoint of a different model (parameter shapes) raises IncompatibleCheckpointError.
-  `restore_args()` gives fresh restore args for each attempt: a failed one may have filled some.
+  A checkpoint whose model state reads but whose `data` item (the input iterator) does not (the
+  input pipeline changed: tasks, sources, buckets, hosts; or its files are damaged) gives its
+  model state alone, saying so: the caller's data starts again from its first batch; training
+  is not lost. A checkpoint that does not read (truncated or corrupted files) is named in one
+  warning line and moved aside to `<step>.unreadable` (never deleted), and the previous one is
+  tried. A readable checkpoint of a different model (parameter shapes) raises
+  IncompatibleCheckpointError. `restore_args(with_data)` gives fresh restore args for each
+  attempt (a failed one may have filled some), with or without the `data` item.
   """
   root = epath.Path(manager.directory)
   for step in sorted(manager.all_steps(), reverse=True):
@@ -138,13 +142,22 @@ def restore_newest_readable(manager: ocp.CheckpointManager, abstract_params, res
       try:
         mismatch = _param_mismatch(manager, step, abstract_params)
         if mismatch is None:
-          return step, manager.restore(step, args=restore_args())
+          return step, manager.restore(step, args=restore_args(True))
       except Exception as e:  # Orbax and TensorStore raise many kinds for a damaged file
         failure = _innermost_message(e)
+        _drop_late_restore_reports()  # before the second try below leaves more reads in flight
+      if failure is not None:
+        try:
+          restored = manager.restore(step, args=restore_args(False))
+          log.warning("checkpoint %d: its data iterator does not restore (%s): resuming its "
+                      "model and optimizer state with the data from the first batch", step, failure)
+          return step, restored
+        except Exception:  # the model state does not read either: moved aside below
+          pass
     if failure is None:
       raise IncompatibleCheckpointError(
           f"{root / str(step)}: {mismatch}. The workdir holds another model; train in a new one")
-    _drop_late_restore_reports()
+    _drop_late_restore_reports()  # the hook again: leaving _unraisable_ignored put back the old
     moved = _move_aside(root, step) if jax.process_index() == 0 else root / str(step)
     log.warning("checkpoint %d is unreadable (%s); moved aside to %s, trying the previous one",
                 step, failure, moved)
@@ -167,6 +180,7 @@ def _drop_late_restore_reports() -> None:
   traceback, others leave a failed asyncio task whose error asyncio logs when it is collected
   ("Task exception was never retrieved"). They repeat the failure already named, so from the
   first failed restore on those two reports are dropped; every other passes."""
+  logging.getLogger("asyncio").addFilter(_not_a_late_task_report)  # once: a set of filters
   previous = sys.unraisablehook
   if getattr(previous, "drops_closed_loop_reports", False):
     return
@@ -177,8 +191,10 @@ def _drop_late_restore_reports() -> None:
       previous(unraisable)
   hook.drops_closed_loop_reports = True
   sys.unraisablehook = hook
-  logging.getLogger("asyncio").addFilter(
-      lambda record: not record.getMessage().startswith("Task exception was never retrieved"))
+
+
+def _not_a_late_task_report(record: logging.LogRecord) -> bool:
+  return not record.getMessage().startswith("Task exception was never retrieved")
 
 
 @contextlib.contextmanager

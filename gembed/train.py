@@ -8,7 +8,9 @@ tokenizer.json, checkpoints/), so `gembed encode --model WORKDIR` works at any t
 
 Resume order: a run started again with the same workdir continues from
   1. its own newest checkpoint that reads: parameters, optimizer state, step, RNG, per-task step
-     counts and every host's data iterator, so the run ends as if never interrupted;
+     counts and every host's data iterator, so the run ends as if never interrupted (an
+     iterator that does not restore, the input pipeline having changed, is said in a warning:
+     the model state resumes, the data starts again from its first batch);
   2. else the previous ones, newest first: each unreadable checkpoint (truncated or corrupted
      files) is named in one warning line and moved aside to `checkpoints/<step>.unreadable`,
      never deleted;
@@ -123,13 +125,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
   manager = checkpoint.make_manager(workdir, config.ckpt.keep, config.ckpt.async_save,
                                     {"data": DataIteratorHandler()})
 
-  def restore_args():
+  def restore_args(with_data: bool):
     nonlocal iterator
     iterator = iter(dataset)  # each attempt restores into a fresh iterator
     return ocp.args.Composite(params=ocp.args.StandardRestore(abstract.params),
                               opt_state=ocp.args.StandardRestore(abstract.opt_state),
                               train=ocp.args.StandardRestore(),
-                              data=DataIteratorRestore(iterator))
+                              **({"data": DataIteratorRestore(iterator)} if with_data else {}))
 
   start, restored = checkpoint.restore_newest_readable(manager, abstract.params, restore_args)
   if restored is not None:

@@ -155,6 +155,23 @@ def test_unreadable_newest_checkpoint_falls_back_to_the_previous_one(setup, stra
   _assert_same_end(workdir, straight)
 
 
+def test_changed_input_pipeline_keeps_the_model_state(setup, straight, tmp_path):
+  """Resumed with another input pipeline (length buckets off: the saved data iterator no longer
+  restores), the run says so and continues from the checkpoint's model and optimizer state with
+  the data from its first batch; nothing is moved aside."""
+  model, data = setup
+  workdir = tmp_path / "changed"
+  shutil.copytree(straight, workdir)
+  resumed = _run(_args(workdir, model, data, steps=52, extra=["--config.data.length_buckets=()"]))
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  warnings = [line for line in resumed.stderr.splitlines() if " WARNING " in line]
+  assert len(warnings) == 1 and "checkpoint 48: its data iterator does not restore" in warnings[0], \
+      warnings
+  assert "resumed from step 48 " in resumed.stderr
+  assert checkpoint.checkpoint_steps(str(workdir)) == [44, 48, 52]
+  assert not list((workdir / "checkpoints").glob("*.unreadable*"))
+
+
 def _leaves(tree):
   import jax
   return jax.tree_util.tree_leaves(tree)

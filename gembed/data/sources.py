@@ -92,6 +92,12 @@ def host_share(files: tuple[str, ...], index: int, count: int) -> tuple[tuple[st
   return files, True
 
 
+def every_nth(ds: tf.data.Dataset, index: int, count: int) -> tf.data.Dataset:
+  """Host `index` of `count`'s rows of a source read whole; one host: the dataset unchanged (an
+  added op would change the graph, and a checkpointed iterator would no longer restore)."""
+  return ds.shard(count, index) if count > 1 else ds
+
+
 def parsed_example(path, n, record):
   """A TFRecord/ArrayRecord record's columns and `where` = "FILE record N" (from 1, as lines)."""
   return dict(tf.io.parse_single_example(record, TFRECORD_FEATURES),
@@ -198,8 +204,9 @@ def task_source(spec: TaskSpec, num_negatives: int, skip_bad_rows: bool):
     rows = labelled.read_labelled_rows(list(spec.files), spec.source, num_negatives, spec.seed,
                                        skip_bad_rows)
     columns = {k: (v.astype(str) if v.dtype == object else v) for k, v in rows.as_dict().items()}
-    return (lambda index=0, count=1: tf.data.Dataset.from_tensor_slices(columns).shard(count, index),
-            len(rows), rows.bad_rows)
+    def labelled_rows(index=0, count=1):
+      return every_nth(tf.data.Dataset.from_tensor_slices(columns), index, count)
+    return labelled_rows, len(rows), rows.bad_rows
   if skip_bad_rows:
     raise ValueError(f"task {spec.name}: data.skip_bad_rows applies to JSONL and labelled "
                      "sources only")
@@ -234,7 +241,8 @@ def task_source(spec: TaskSpec, num_negatives: int, skip_bad_rows: bool):
       builder = tfds.builder(spec.tfds_name, data_dir=spec.tfds_data_dir or None)
 
     def tfds_dataset(index=0, count=1):
-      ds = builder.as_dataset(split=spec.split, shuffle_files=False).enumerate().shard(count, index)
+      ds = builder.as_dataset(split=spec.split, shuffle_files=False).enumerate()
+      ds = every_nth(ds, index, count)
       where = f"{spec.tfds_name} {spec.split} example "
       return standardize_columns(
           ds.map(lambda i, ex: dict(ex, where=tf.strings.join([where, tf.strings.as_string(i)]))),

@@ -31,12 +31,16 @@ def tokenizer_file(minilm_dir):
 
 
 def _same_ids(tokenizer_file, texts, max_length):
+  """One text per call (`encode`) and batches of 64 (`encode_batch`, the pipeline's path)."""
   want, _ = Tokenizer(tokenizer_file, max_length).encode(texts)
-  encode = ingraph.wordpiece_from_tokenizer_json(tokenizer_file, max_length).encode
-  ds = tf.data.Dataset.from_tensor_slices(texts).map(encode, num_parallel_calls=2)
-  got = [x.numpy().tolist() for x in ds]
-  bad = [(t, a, b) for t, a, b in zip(texts, want, got) if a != b]
-  assert not bad, f"{len(bad)} of {len(texts)} differ, e.g. {bad[:3]}"
+  tokenizer = ingraph.wordpiece_from_tokenizer_json(tokenizer_file, max_length)
+  texts_ds = tf.data.Dataset.from_tensor_slices(texts)
+  one = [x.numpy().tolist() for x in texts_ds.map(tokenizer.encode, num_parallel_calls=2)]
+  batched = [row.numpy().tolist() for batch in texts_ds.batch(64).map(tokenizer.encode_batch)
+             for row in batch]
+  for got in (one, batched):
+    bad = [(t, a, b) for t, a, b in zip(texts, want, got) if a != b]
+    assert not bad and len(got) == len(texts), f"{len(bad)} of {len(texts)} differ, e.g. {bad[:3]}"
 
 
 def test_tricky_strings_give_identical_ids(tokenizer_file):
@@ -65,6 +69,8 @@ def test_a_text_with_an_added_token_goes_through_the_tokenizer(tokenizer_file):
   texts = ["fill [MASK] here", "no special"]
   ds = tf.data.Dataset.from_tensor_slices(texts).map(vocab.encode_tf)
   assert [x.numpy().tolist() for x in ds] == vocab.tokenizer.encode(texts)[0]
+  batch = vocab.encode_batch_tf(tf.constant(texts))  # the whole batch through the Tokenizer
+  assert batch.to_list() == vocab.tokenizer.encode(texts)[0]
 
 
 def test_other_tokenizers_fall_back_to_py_function(tmp_path, caplog):

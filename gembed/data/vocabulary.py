@@ -62,20 +62,34 @@ class HfTokenizerVocabulary(seqio.Vocabulary):
   def _decode(self, ids):
     return self.tokenizer.decode([int(i) for i in ids])
 
-  def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
+  def encode_batch_tf(self, texts: tf.Tensor) -> tf.RaggedTensor:
+    """1-D strings -> int32 RaggedTensor of ids, the training pipeline's path: in-graph, or the
+    Tokenizer in `tf.py_function` for a batch holding an added token's string or a tokenizer
+    ingraph.py cannot express; both give the Tokenizer's ids."""
     if self.ingraph is None:
-      return self.py_function_encode_tf(s)
-    return tf.cond(self.ingraph.has_added_token(s), lambda: self.py_function_encode_tf(s),
-                   lambda: self.ingraph.encode(s))
+      return self.py_function_encode_batch_tf(texts)
+    return tf.cond(tf.reduce_any(self.ingraph.has_added_token(texts)),
+                   lambda: self.py_function_encode_batch_tf(texts),
+                   lambda: self.ingraph.encode_batch(texts))
+
+  def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
+    return self.encode_batch_tf(s[None])[0]
+
+  def py_function_encode_batch_tf(self, texts: tf.Tensor) -> tf.RaggedTensor:
+    """The Tokenizer (Rust, a batch per call) in `tf.py_function`: the fallback, and
+    `gembed bench data`'s baseline."""
+    def encode(x):
+      ids, _ = self.tokenizer.encode([t.decode("utf-8") for t in x.numpy()])
+      return (np.asarray([i for row in ids for i in row], np.int32),
+              np.asarray([len(row) for row in ids], np.int64))
+
+    values, lengths = tf.py_function(encode, [texts], [tf.int32, tf.int64])
+    return tf.RaggedTensor.from_row_lengths(tf.ensure_shape(values, [None]),
+                                            tf.ensure_shape(lengths, [None]))
 
   def py_function_encode_tf(self, s: tf.Tensor) -> tf.Tensor:
-    """The Tokenizer in `tf.py_function`: the fallback, and `gembed bench data`'s baseline."""
-    def encode(x):
-      return np.asarray(self._encode(x.numpy().decode("utf-8")), np.int32)
-
-    ids = tf.py_function(encode, [s], tf.int32)
-    ids.set_shape([None])
-    return ids
+    """One text through py_function_encode_batch_tf: the path before batching, for the bench."""
+    return self.py_function_encode_batch_tf(s[None])[0]
 
   def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
     def decode(x):

@@ -1,7 +1,7 @@
 """The BERT WordPiece tokenizer as TensorFlow ops, so `tf.data` tokenises on all its threads.
 
-The py_function path (gembed.tokenizer.Tokenizer inside `tf.py_function`) holds Python's lock:
-one text at a time per process. This module rebuilds the family of `tokenizer.json` it can
+The py_function path (gembed.tokenizer.Tokenizer inside `tf.py_function`) holds Python's lock
+for each call (one batch at a time per process). This module rebuilds the family of `tokenizer.json` it can
 express exactly (BertNormalizer, BertPreTokenizer, WordPiece, `[CLS] A [SEP]`) from TensorFlow
 and tensorflow-text ops; its ids equal the Tokenizer's, truncation and special tokens included
 (tests/test_ingraph_tokenizer.py). Every character rule below is Hugging Face's (Rust), not

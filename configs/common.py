@@ -98,6 +98,8 @@ def get_base_config():
   #                             () = always the full query_length / document_length
   c.data.num_negatives = 0  # hard-negative slots per row (0 for pairs)
   c.data.shuffle_buffer = 10_000  # examples in SeqIO's shuffle buffer
+  c.data.use_cached = False  # True: read the tasks' offline cache (`gembed cache`), not their sources
+  c.data.cache_dir = ""  # where `gembed cache` writes and data.use_cached reads (a directory per task)
   c.data.skip_bad_rows = False  # True: skip bad rows (named in WORKDIR/bad_rows.txt) instead of failing
 
   c.loss = ml_collections.ConfigDict()
@@ -142,6 +144,7 @@ def get_base_config():
   c.train.process_id = 0  # with coordinator_address: this process's index
   c.train.grad_cache = False  # GradCache: activation memory of one chunk, not the global batch
   c.train.grad_cache_chunk = 32  # rows per GradCache chunk (divides the global batch; a multiple of data x fsdp devices)
+  c.train.grad_cache_tokens = 0  # > 0: each step shape's chunk = the most rows within this many tokens (replaces grad_cache_chunk)
   c.train.peak_flops_per_device = 0.0  # for MFU; 0 = known table for TPU/GPU, measured on CPU
   c.train.compilation_cache = ""  # persistent XLA cache dir; "" = ~/.cache/gembed/xla, "off"
   c.train.tracker = ""  # "wandb" | "trackio": metrics there too (an extra); "" = TensorBoard only

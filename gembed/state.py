@@ -7,15 +7,15 @@ here, so they compile the same program.
 
 from __future__ import annotations
 
-import functools
 import logging
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gembed import sharding
+from gembed import chunks, sharding
 from gembed.models import embedder, lora
 from gembed.models.config import ModelConfig
 from gembed.steps import LossConfig, TrainState, train_step
@@ -153,6 +153,33 @@ def in_step_teacher(config) -> bool:
   return bool(config.distill.teacher) and not config.distill.teacher_embeddings
 
 
+def grad_cache_chunking(config, row_devices: int) -> Callable[[dict], int]:
+  """`rows(batch)`: the GradCache chunk for a batch (0: no GradCache), fixed
+  (train.grad_cache_chunk) or, with train.grad_cache_tokens, the most rows whose tokens (query,
+  positive and hard negatives at the batch's lengths) fit that budget: each length bucket gets
+  its own chunk, short batches fewer and larger chunks, long ones smaller, memory bounded alike."""
+  t, batch_rows = config.train, config.data.global_batch_size
+  if not t.grad_cache:
+    return lambda batch: 0
+  if t.grad_cache_tokens:
+    def rows(batch):
+      tokens = batch["query_ids"].shape[-1] + batch["positive_ids"].shape[-1] * (
+          1 + (batch["negative_ids"].shape[1] if "negative_ids" in batch else 0))
+      chosen = chunks.rows_within_tokens(batch_rows, tokens, t.grad_cache_tokens, row_devices)
+      log.info("GradCache: %d rows per chunk at %d tokens per row (train.grad_cache_tokens %d)",
+               chosen, tokens, t.grad_cache_tokens)
+      return chosen
+    return rows
+  if batch_rows % t.grad_cache_chunk:
+    raise ValueError(f"train.grad_cache_chunk {t.grad_cache_chunk} must divide "
+                     f"data.global_batch_size {batch_rows}")
+  if t.grad_cache_chunk % row_devices:
+    raise ValueError(f"train.grad_cache_chunk {t.grad_cache_chunk} must be a multiple "
+                     f"of the {row_devices} devices the batch is split over (mesh data x fsdp): "
+                     "each chunk's rows stay sharded like the batch")
+  return lambda batch: t.grad_cache_chunk
+
+
 def jit_train_step(config, model_config: ModelConfig, optimizer, schedule, abstract: TrainState,
                    mesh, teacher: tuple[ModelConfig, dict] | None = None):
   """The jitted, sharded, donating train step of a config (trainer, AOT check and benchmarks
@@ -161,14 +188,8 @@ def jit_train_step(config, model_config: ModelConfig, optimizer, schedule, abstr
   With `teacher` = (its config, its `abstract_params`), the step is `step(state, batch,
   teacher_params)`, the teacher's parameters sharded by the same rules and not donated. With
   precomputed teacher embeddings the batch carries them (sharded like its rows)."""
-  if config.train.grad_cache and config.data.global_batch_size % config.train.grad_cache_chunk:
-    raise ValueError(f"train.grad_cache_chunk {config.train.grad_cache_chunk} must divide "
-                     f"data.global_batch_size {config.data.global_batch_size}")
   row_devices = mesh.shape["data"] * mesh.shape["fsdp"]  # the batch's mesh axes
-  if config.train.grad_cache and config.train.grad_cache_chunk % row_devices:
-    raise ValueError(f"train.grad_cache_chunk {config.train.grad_cache_chunk} must be a multiple "
-                     f"of the {row_devices} devices the batch is split over (mesh data x fsdp): "
-                     "each chunk's rows stay sharded like the batch")
+  grad_cache_rows = grad_cache_chunking(config, row_devices)
   loss_config = loss_config_of(config, model_config)
   if bool(teacher) != in_step_teacher(config):
     raise ValueError("the train step has a teacher model exactly when the config distills from "
@@ -176,11 +197,13 @@ def jit_train_step(config, model_config: ModelConfig, optimizer, schedule, abstr
   in_shardings = (shardings_of(abstract), sharding.batch_sharding(mesh))
   if teacher:
     in_shardings += (jax.tree.map(lambda x: x.sharding, teacher[1]),)
+  def step(state, batch, *teacher_params):  # traced once per batch shape
+    return train_step(state, batch, *teacher_params, model_config=model_config,
+                      loss_config=loss_config, optimizer=optimizer, schedule=schedule,
+                      grad_cache_chunk=grad_cache_rows(batch),
+                      teacher_config=teacher[0] if teacher else None)
+
   return sharding.StepUnderRules(jax.jit(
-      functools.partial(train_step, model_config=model_config, loss_config=loss_config,
-                        optimizer=optimizer, schedule=schedule,
-                        grad_cache_chunk=config.train.grad_cache_chunk if config.train.grad_cache else 0,
-                        teacher_config=teacher[0] if teacher else None),
-      in_shardings=in_shardings,
+      step, in_shardings=in_shardings,
       out_shardings=(shardings_of(abstract), sharding.replicated(mesh)),
       donate_argnums=(0,)), mesh)

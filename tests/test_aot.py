@@ -53,6 +53,28 @@ def test_grad_cache_memory_is_flat_in_batch_size_and_plain_is_not(tiny_init):
   assert cached[1] * 8 < plain[1]
 
 
+def test_grad_cache_token_budget_bounds_memory_at_every_length(tiny_init, caplog):
+  """train.grad_cache_tokens: each document length gets the chunk that fits the budget, so the
+  step's temporary memory grows little with the length where a fixed chunk's grows with its
+  square (attention): measured 10.8 -> 30.4 MB against 10.8 -> 228 MB, documents 32 -> 256."""
+  def temp(document_length, tokens):
+    config = _config(tiny_init, 64, grad_cache=True)
+    config.data.document_length, config.train.grad_cache_tokens = document_length, tokens
+    compiled, _ = aot.compile_train_step(config, jax.devices()[:1])
+    return aot.memory_report(compiled)["temp"]
+
+  budget = 16 * (32 + 2 * 32)  # the fixed chunk's 16 rows at document length 32
+  fixed = [temp(n, 0) for n in (32, 256)]
+  with caplog.at_level("INFO", logger="gembed.state"):
+    fitted = [temp(n, budget) for n in (32, 256)]
+  chosen = [r.getMessage() for r in caplog.records if "rows per chunk" in r.getMessage()]
+  assert chosen[0].startswith("GradCache: 16 rows per chunk at 96 tokens")
+  assert chosen[-1].startswith("GradCache: 2 rows per chunk at 544 tokens")  # 544 x 2 <= 1536
+  assert fitted[0] == fixed[0]
+  assert fixed[1] >= 10 * fixed[0] and fitted[1] <= 4 * fitted[0], (fixed, fitted)
+  assert fitted[1] * 5 <= fixed[1]
+
+
 def test_aot_on_the_simulated_mesh_reports_memory_and_sharding_errors(tiny_init):
   compiled, model_config = aot.compile_train_step(_config(tiny_init, 64, mesh="data_fsdp",
                                                           scan_layers=True))

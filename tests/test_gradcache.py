@@ -86,3 +86,12 @@ def test_grad_cache_dropout_masks_agree_between_embedding_and_backprop():
 def test_chunk_size_must_divide_the_batch():
   with pytest.raises(ValueError, match="rows do not split into chunks of 5"):
     _loss_and_grads(sharding.make_mesh((1, 1, 1), jax.devices()[:1]), 5)
+
+
+def test_rows_within_a_token_budget():
+  from gembed.chunks import rows_within_tokens
+  assert rows_within_tokens(64, 96, 1536, 1) == 16
+  assert rows_within_tokens(64, 544, 1536, 1) == 2
+  assert rows_within_tokens(64, 100, 10_000, 8) == 64  # the whole batch fits: one chunk
+  assert rows_within_tokens(48, 10, 400, 8) == 24  # divides 48, a multiple of 8, 240 tokens
+  assert rows_within_tokens(64, 544, 1536, 8) == 8  # over the budget: the devices' minimum

@@ -17,7 +17,7 @@ def _formatted(task_dropout, seed, n=400):
           "title": [""] * n}
   ds = preprocessors.apply_prompts(tf.data.Dataset.from_tensor_slices(rows), query_prompt=PROMPT,
                                    document_format=DOC, prompt_task="search result", num_negatives=0,
-                                   task_dropout=task_dropout, seed=seed)
+                                   task_dropout=task_dropout, dropout_seed=seed)
   return [(ex["query_text"].numpy().decode(), ex["positive_text"].numpy().decode()) for ex in ds]
 
 

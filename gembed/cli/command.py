@@ -15,7 +15,7 @@ import sys
 
 from gembed.cli import startup
 
-COMMAND_GROUPS = ("encode", "train", "aot", "teacher_embed", "recipe", "evaluate", "models", "data", "bench")
+COMMAND_GROUPS = ("encode", "train", "aot", "teacher_embed", "cache", "recipe", "evaluate", "models", "data", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +32,7 @@ def main(argv=None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   verbose = argv[:1] in (["-v"], ["--verbose"])
   first = argv[verbose:verbose + 1]
-  if first in (["train"], ["aot"], ["teacher-embed"]):  # every flag: the command's absl parser
+  if first in (["train"], ["aot"], ["teacher-embed"], ["cache"]):  # every flag: the command's absl parser
     command = importlib.import_module(f"gembed.cli.{first[0].replace('-', '_')}")
     return command.run([f"gembed {first[0]}", *argv[verbose + 1:], *["--verbose"] * verbose])
   rest = argv[verbose:]

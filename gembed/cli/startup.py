@@ -18,7 +18,8 @@ import sys
 
 QUIET_ENVIRONMENT = {"TF_CPP_MIN_LOG_LEVEL": "3"}  # TensorFlow's and XLA's C++ logs
 QUIET_LOGGERS = {"absl": logging.WARNING, "jax": logging.WARNING, "tensorboardX": logging.WARNING,
-                 "jax._src.xla_bridge": logging.ERROR}  # backend probing ("no GPU found")
+                 "jax._src.xla_bridge": logging.ERROR,  # backend probing ("no GPU found")
+                 "apache_beam": logging.WARNING}  # runner choice, worker start-up (`--beam`, cache)
 SILENT_IMPORTS = ("tensorflow",)
 
 

@@ -16,6 +16,7 @@ import seqio
 import tensorflow as tf
 
 from gembed import batch as batch_schema
+from gembed.data import offline_cache
 from gembed.data.batching import batch_task
 from gembed.data.sources import TaskSpec, refused_row
 from gembed.data.tasks import register_task
@@ -66,7 +67,7 @@ def make_mixture(tasks: list[seqio.Task], rates: np.ndarray, *, host_batch_size:
     ds = task.get_dataset(
         sequence_length=None, split="train", shuffle=False, num_epochs=None,
         shard_info=seqio.ShardInfo(index=shard_index, num_shards=num_shards),
-        seed=seed + 1000 * i, use_cached=False, trim_output_features=False)
+        seed=seed + 1000 * i, use_cached=bool(task.cached_dir), trim_output_features=False)
     # The stream repeats before the shuffle, so one seeded order runs on forever; every iterator
     # of this dataset starts it alike (a resume may build several before one restores).
     ds = ds.shuffle(shuffle_buffer, seed=seed + 1000 * i, reshuffle_each_iteration=False)
@@ -108,15 +109,30 @@ def task_specs(config) -> list[TaskSpec]:
           for t in d.tasks]
 
 
-def register_tasks(config, tokenizer_file: str, specs: list[TaskSpec], teacher_store=None):
-  """One SeqIO task per spec, with the config's lengths, prompts and bad-row policy."""
+def task_options(config) -> dict:
+  """register_task's keyword arguments from a config: lengths, prompts, bad-row policy."""
   d = config.data
-  return [register_task(
-      s, tokenizer_file=tokenizer_file, query_length=d.query_length,
-      document_length=d.document_length, num_negatives=d.num_negatives,
-      query_prompt=config.prompts.query, document_format=config.prompts.document,
-      skip_bad_rows=d.skip_bad_rows, task_dropout=config.prompts.task_dropout,
-      teacher_store=teacher_store) for s in specs]
+  return dict(query_length=d.query_length, document_length=d.document_length,
+              num_negatives=d.num_negatives, query_prompt=config.prompts.query,
+              document_format=config.prompts.document, skip_bad_rows=d.skip_bad_rows,
+              task_dropout=config.prompts.task_dropout)
+
+
+def register_tasks(config, tokenizer_file: str, specs: list[TaskSpec], teacher_store=None,
+                   cached: bool = False):
+  """One SeqIO task per spec, with the config's task_options; `cached`: each reads its offline
+  cache under data.cache_dir (`gembed cache`) instead of its source."""
+  if cached and not config.data.cache_dir:
+    raise ValueError("data.use_cached needs data.cache_dir (where `gembed cache` wrote the tasks)")
+  return [register_task(s, tokenizer_file=tokenizer_file, teacher_store=teacher_store,
+                        cache_dir=config.data.cache_dir if cached else "", **task_options(config))
+          for s in specs]
+
+
+def cache_settings(config, tokenizer_file: str, spec: TaskSpec, teacher_store=None) -> dict:
+  """What `spec`'s offline cache depends on under `config` (offline_cache.task_settings)."""
+  return offline_cache.task_settings(spec, tokenizer_file=tokenizer_file,
+                                     teacher_store=teacher_store, **task_options(config))
 
 
 class TrainingData(NamedTuple):
@@ -137,7 +153,7 @@ def from_config(config, tokenizer_file: str, process_index: int = 0,
   if config.distill.teacher_embeddings:
     store = TeacherStore(config.distill.teacher_embeddings)
     store.check_lengths(d.query_length, d.document_length)
-  tasks = register_tasks(config, tokenizer_file, specs, store)
+  tasks = register_tasks(config, tokenizer_file, specs, store, cached=d.use_cached)
   rates = mixture_rates([t.num_rows for t in tasks], specs, d.mixing, d.mixing_temperature)
   if d.global_batch_size % process_count:
     raise ValueError(f"data.global_batch_size {d.global_batch_size} is not divisible by "

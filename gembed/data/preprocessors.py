@@ -21,7 +21,7 @@ def _template_parts(template: str, field: str):
 
 
 def apply_prompts(ds, *, query_prompt: str, document_format: str, prompt_task: str,
-                  num_negatives: int, task_dropout: float = 0.0, seed: int = 0):
+                  num_negatives: int, task_dropout: float = 0.0, dropout_seed: int = 0):
   """Formats queries with the task prompt and documents with the document format, in TF.
 
   `task_dropout`: the probability that a query's task string is replaced by an empty task
@@ -52,7 +52,7 @@ def apply_prompts(ds, *, query_prompt: str, document_format: str, prompt_task: s
     ex["query_text"] = tf.strings.join([q_before, ex["query"], q_after])
     if dropout:
       draw = tf.strings.to_hash_bucket_strong(tf.strings.join([ex["query"], ex["positive"]], "\x00"),
-                                              _DRAW_BUCKETS, key=[seed, 1])
+                                              _DRAW_BUCKETS, key=[dropout_seed, 1])
       ex["query_text"] = tf.where(tf.cast(draw, tf.float64) < task_dropout * _DRAW_BUCKETS,
                                   tf.strings.join([empty_before, ex["query"], empty_after]),
                                   ex["query_text"])

@@ -60,7 +60,8 @@ def train_setup(model_dir, rows, batch_size, max_length, dims, grad_cache_chunk=
   abstract = abstract_train_state(config, optimizer, mesh)
   state = init_train_state(params, optimizer, jax.random.PRNGKey(1), abstract)
   run = ml_collections.ConfigDict({
-      "train": {"grad_cache": bool(grad_cache_chunk), "grad_cache_chunk": grad_cache_chunk or 1},
+      "train": {"grad_cache": bool(grad_cache_chunk), "grad_cache_chunk": grad_cache_chunk or 1,
+                "grad_cache_tokens": 0},
       "data": {"global_batch_size": batch_size},
       "loss": {"temperature": 0.05, "mrl_dims": tuple(dims), "mrl_weights": (),
                "decoupled": False, "ring": False, "prefix_distill": 0.0,

@@ -6,10 +6,11 @@
 
 import sys
 
-from gembed.cli import train
+from gembed.cli import startup, train
 
 
 def main() -> None:
+  startup.preload_tcmalloc()
   sys.exit(train.run(sys.argv))
 
 

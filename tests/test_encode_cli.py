@@ -97,3 +97,22 @@ def test_encode_prints_only_its_own_line(tmp_path):
                        capture_output=True, text=True, timeout=300, env=env)
   assert out.returncode == 0, out.stderr[-3000:]
   assert out.stderr.splitlines() == [f"wrote 1 x 384 float32 embeddings to {tmp_path / 'o.npy'}"]
+
+
+def test_shell_commands_restart_with_tcmalloc_when_the_system_has_it():
+  """startup.preload_tcmalloc re-executes the process once with tcmalloc preloaded (same
+  arguments); GEMBED_TCMALLOC=0 keeps the system's malloc."""
+  import ctypes.util
+
+  from gembed.cli import startup
+  if not any(map(ctypes.util.find_library, startup.TCMALLOC_LIBRARIES)):
+    pytest.skip("no tcmalloc on this machine (apt install libtcmalloc-minimal4)")
+  code = ("import sys; from gembed.cli import startup; startup.preload_tcmalloc(); "
+          "print('tcmalloc' in open('/proc/self/maps').read(), sys.argv[1:])")
+  env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "GEMBED_TCMALLOC")}
+  env["PYTHONPATH"] = ROOT
+  for switch, loaded in (("1", True), ("0", False)):
+    out = subprocess.run([sys.executable, "-c", code, "an argument"], capture_output=True,
+                         text=True, timeout=60, env=dict(env, GEMBED_TCMALLOC=switch))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"{loaded} ['an argument']"

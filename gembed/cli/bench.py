@@ -9,7 +9,7 @@ import sys
 
 
 def add_parsers(sub) -> None:
-  from gembed.tools.bench.common import DEFAULT_PAIRS, DEFAULT_TEXTS, DEFAULT_TRIPLES
+  from gembed.tools.bench.common import BUCKETS, DEFAULT_PAIRS, DEFAULT_TEXTS, DEFAULT_TRIPLES
 
   bench = sub.add_parser("bench", help="benchmarks against sentence-transformers (needs the "
                          "test extra)")
@@ -31,6 +31,8 @@ def add_parsers(sub) -> None:
   train.add_argument("--model", default=None, help="model directory (default: the shipped "
                      "all-MiniLM-L6-v2)")
   train.add_argument("--grad-cache-chunk", type=int, default=0, help="GradCache chunk rows (0: plain)")
+  train.add_argument("--buckets", type=int, nargs="+", default=list(BUCKETS),
+                     help="gembed's length buckets (the peer pads to each batch's longest text)")
   train.add_argument("--no-peer", action="store_true",
                      help="gembed only (no torch / sentence-transformers needed)")
   memory = kinds.add_parser("memory", help="compiled memory and throughput, plain vs GradCache")

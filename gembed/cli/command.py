@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+  if argv is None:  # run from the shell (tests call main with their arguments)
+    startup.preload_tcmalloc()
   argv = list(sys.argv[1:] if argv is None else argv)
   verbose = argv[:1] in (["-v"], ["--verbose"])
   first = argv[verbose:verbose + 1]

@@ -6,6 +6,12 @@ TensorFlow's import writes its oneDNN and CUDA notices to stderr before absl's l
 initialised, past any level; so the first import of TensorFlow runs with the process's stderr
 (file descriptor 2) sent to /dev/null. Python loggers that only announce backends and plugins
 are raised to WARNING or ERROR. With `-v` none of this happens and everything is logged at DEBUG.
+
+Before all that, a command run from the shell restarts itself once with tcmalloc preloaded when
+the system has it (`apt install libtcmalloc-minimal4`; GEMBED_TCMALLOC=0 turns this off):
+XLA:CPU allocates each step's buffers afresh, and glibc's malloc hands large ones back to the
+system and faults them in again every step; tcmalloc keeps them (measured 1.5x the CPU train
+step, docs/benchmarks.md). Accelerator hosts gain too (TPU VM images preload it likewise).
 """
 
 from __future__ import annotations
@@ -21,6 +27,28 @@ QUIET_LOGGERS = {"absl": logging.WARNING, "jax": logging.WARNING, "tensorboardX"
                  "jax._src.xla_bridge": logging.ERROR,  # backend probing ("no GPU found")
                  "apache_beam": logging.WARNING}  # runner choice, worker start-up (`--beam`, cache)
 SILENT_IMPORTS = ("tensorflow",)
+
+
+TCMALLOC_LIBRARIES = ("tcmalloc_minimal", "tcmalloc")  # as ctypes.util.find_library names them
+
+
+def preload_tcmalloc() -> None:
+  """Re-executes this process (same interpreter, arguments and pid) with tcmalloc in LD_PRELOAD,
+  unless it is loaded already, absent, or GEMBED_TCMALLOC=0. Call first thing, from a shell
+  entry point only (never inside another program's process)."""
+  import ctypes.util
+
+  if os.environ.get("GEMBED_TCMALLOC") == "0" or "tcmalloc" in os.environ.get("LD_PRELOAD", ""):
+    return
+  library = next(filter(None, map(ctypes.util.find_library, TCMALLOC_LIBRARIES)), None)
+  if library is None:
+    return
+  env = dict(os.environ, LD_PRELOAD=":".join(filter(None, (library, os.environ.get("LD_PRELOAD")))),
+             # tcmalloc reports every allocation over 1 GiB on stderr by default
+             TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD=os.environ.get(
+                 "TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD", str(2**62)))
+  sys.stdout.flush()
+  os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
 
 
 def configure(verbose: bool) -> None:

@@ -37,7 +37,11 @@ def mrl_dims(model_dir: str) -> list[int]:
   return [width, width // 2, width // 4]
 
 
-def train_setup(model_dir, rows, batch_size, max_length, dims, grad_cache_chunk=0):
+BUCKETS = (16, 32, 64, 128)  # the trainer's length buckets (configs/finetune.py)
+
+
+def train_setup(model_dir, rows, batch_size, max_length, dims, grad_cache_chunk=0,
+                buckets=BUCKETS):
   """The trainer's own pieces (gembed.state): imported MiniLM + projection, sharded state, the
   jitted step. TensorFlow-free: batches come from the `tokenizers` path, not SeqIO."""
   import jax
@@ -69,9 +73,8 @@ def train_setup(model_dir, rows, batch_size, max_length, dims, grad_cache_chunk=
       "distill": {"teacher": "", "teacher_embeddings": "", "embedding_weight": 0.0, "embedding_loss": "cosine",
                   "similarity_weight": 0.0}})
   step = jit_train_step(run, config, optimizer, schedule, abstract, mesh)
-  # The trainer's length buckets (configs/finetune.py): each batch is cut to the bucket of its
-  # longest query / document, as data.length_buckets does.
-  tok = Tokenizer(info.tokenizer_file, max_length, buckets=(16, 32, 64, 128))
+  # Each batch is cut to the bucket of its longest query / document, as data.length_buckets does.
+  tok = Tokenizer(info.tokenizer_file, max_length, buckets=tuple(buckets))
   batches = []
   for start in range(0, len(rows) - batch_size + 1, batch_size):
     chunk = rows[start:start + batch_size]

@@ -3,6 +3,7 @@ gembed alone, without torch or TensorFlow)."""
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 
@@ -16,14 +17,19 @@ def run(args) -> dict:
   dims = mrl_dims(model_dir(args))
   rows = read_rows(args.triples, args.batch_size * (args.steps + 1))
   state, step, batches, step_flops, peak = train_setup(
-      model_dir(args), rows, args.batch_size, args.max_length, dims, args.grad_cache_chunk)
+      model_dir(args), rows, args.batch_size, args.max_length, dims, args.grad_cache_chunk,
+      args.buckets)
   for batch in batches:  # compile every bucket pair once, outside the timing
     state, metrics = step(state, batch)
   jax.block_until_ready(metrics)
   result = {"batch_size": args.batch_size, "max_length": args.max_length, "mrl_dims": dims,
             "device": jax.devices()[0].device_kind, "devices": jax.device_count(),
             "grad_cache_chunk": args.grad_cache_chunk,
-            "gembed_padding": "length buckets (16, 32, 64, 128) per batch"}
+            "allocator": ("tcmalloc" if "tcmalloc" in os.environ.get("LD_PRELOAD", "")
+                          else "the system's malloc"),  # both sides: one process
+            "gembed_padding": f"length buckets {tuple(args.buckets)} per batch",
+            "step_shapes": sorted({(b["query_ids"].shape[1], b["positive_ids"].shape[1])
+                                   for b in batches})}
   if args.no_peer:  # gembed alone (an accelerator image without torch)
     times, achieved = [], []
     for i in range(1, len(batches)):

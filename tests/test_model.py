@@ -1,4 +1,5 @@
-"""Model options: bf16 compute keeps float32 parameters; remat changes memory, not results."""
+"""Model options: bf16 compute keeps float32 parameters; remat changes memory, not results;
+dropout drops its rate and keeps the expectation."""
 
 import jax
 import jax.numpy as jnp
@@ -95,3 +96,20 @@ def test_scan_over_layers_gives_the_unrolled_model(family, remat):
   assert abstract["encoder"]["layers"]["mlp_in" if family == "bert" else "mlp_up"]["kernel"][0] == "layers"
   back = embedder.layer_layout(scanned, config)
   jax.tree.map(np.testing.assert_array_equal, back, jax.tree.map(np.asarray, params))
+
+
+@pytest.mark.parametrize("shape", [(4, 96, 384), (3, 7, 5)])  # odd sizes: a half-used last word
+def test_dropout_drops_its_rate_and_keeps_the_mean(shape):
+  from gembed.models.bert import Dropout
+  x = jnp.ones(shape, jnp.float32)
+  layer = Dropout(0.1)
+  assert layer.apply({}, x, deterministic=True) is x
+  out = np.asarray(layer.apply({}, x, deterministic=False, rngs={"dropout": jax.random.PRNGKey(0)}))
+  dropped = (out == 0).mean()
+  tolerance = 4 * np.sqrt(0.1 * 0.9 / x.size)  # four binomial standard deviations
+  assert abs(dropped - 0.1) < tolerance, dropped
+  np.testing.assert_allclose(out[out != 0], 1 / (1 - 6554 / 2**16), rtol=1e-6)
+  again = layer.apply({}, x, deterministic=False, rngs={"dropout": jax.random.PRNGKey(1)})
+  assert (np.asarray(again) != out).any()  # another key, another mask
+  assert (np.asarray(Dropout(0.0).apply({}, x, deterministic=False,
+                                        rngs={"dropout": jax.random.PRNGKey(0)})) == 1).all()

@@ -44,6 +44,25 @@ def activation(name: str):
   raise ValueError(f"unsupported hidden_act {name!r}; supported: gelu, gelu_tanh, relu, silu")
 
 
+class Dropout(nn.Module):
+  """Inverted dropout drawing 16 random bits per element where `nn.Dropout` draws 32 and turns
+  them into a float: on XLA:CPU it costs a third as much (the attention-probability masks are
+  the largest tensors of a BERT step). The rate is rounded to a multiple of 2**-16 and kept
+  values are scaled by 1 / (1 - that rate), so the expectation is exact."""
+
+  rate: float
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool):
+    drop = round(self.rate * 2**16)
+    if deterministic or drop == 0:
+      return x
+    words = jax.random.bits(self.make_rng("dropout"), ((x.size + 1) // 2,), jnp.uint32)
+    draws = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(-1)[:x.size].reshape(x.shape)
+    scale = jnp.asarray(2**16 / (2**16 - drop), x.dtype)
+    return jnp.where(draws >= drop, x * scale, jnp.zeros_like(x))
+
+
 def layer_norm(eps: float, name: str) -> nn.LayerNorm:
   return nn.LayerNorm(
       epsilon=eps,
@@ -102,7 +121,7 @@ class SelfAttention(nn.Module):
                         dtype=dtype, bias_init=_zeros(("heads", "kv")), name=name)(x)
 
     query, key, value = qkv("query"), qkv("key"), qkv("value")
-    dropout = functools.partial(nn.Dropout(cfg.dropout_rate), deterministic=deterministic)
+    dropout = functools.partial(Dropout(cfg.dropout_rate), deterministic=deterministic)
     context = attend(query, key, value, attention_bias, dtype, dropout)
     return lora.dense(cfg, "out", ("heads", "kv", "embed"), features=cfg.hidden_size, axis=(-2, -1),
                       dtype=dtype, bias_init=_zeros(("embed",)), name="out")(context)
@@ -117,7 +136,7 @@ class EncoderLayer(nn.Module):
   def __call__(self, x, attention_bias, deterministic: bool):
     cfg = self.config
     dtype = jnp.dtype(cfg.compute_dtype)
-    dropout = nn.Dropout(cfg.dropout_rate)
+    dropout = Dropout(cfg.dropout_rate)
     attended = SelfAttention(cfg, name="attention")(x, attention_bias, deterministic)
     x = layer_norm(cfg.layer_norm_eps, name="attention_norm")(
         x + dropout(attended, deterministic=deterministic))
@@ -150,7 +169,7 @@ class BertEncoder(nn.Module):
                      embedding_init=_dense_init((None, "embed")), name="type_embed")(
                          jnp.zeros_like(input_ids))
     x = layer_norm(cfg.layer_norm_eps, name="embed_norm")(x)
-    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    x = Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     x = sharding.constrain(x, ("batch", "length", "embed"))
 
     # Bidirectional: every token sees every non-padding token.

@@ -57,8 +57,10 @@ class Dropout(nn.Module):
     drop = round(self.rate * 2**16)
     if deterministic or drop == 0:
       return x
-    words = jax.random.bits(self.make_rng("dropout"), ((x.size + 1) // 2,), jnp.uint32)
-    draws = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(-1)[:x.size].reshape(x.shape)
+    # Drawn in x's own leading dims, so a sharded x gets its mask sharded the same way.
+    *lead, last = x.shape
+    words = jax.random.bits(self.make_rng("dropout"), (*lead, (last + 1) // 2), jnp.uint32)
+    draws = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(*lead, -1)[..., :last]
     scale = jnp.asarray(2**16 / (2**16 - drop), x.dtype)
     return jnp.where(draws >= drop, x * scale, jnp.zeros_like(x))
 

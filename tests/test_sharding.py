@@ -1,6 +1,9 @@
 """A train step on 8 simulated devices equals the single-device step.
 
-Loss, gradients and metrics agree to 1e-5. Updated parameters are compared at 2 x lr: AdamW
+Loss and metrics agree to 1e-5; gradients to 1e-5 plus 1e-6 of their leaf's largest entry: an
+entry summed over every token (the token-type embedding's) rounds at the scale of the leaf's big
+entries, not of its own value (measured: 1.8e-5 on an entry of 0.53 in a leaf reaching 80, on a
+2x4 mesh of an AVX-512 machine). Updated parameters are compared at 2 x lr: AdamW
 normalises each update to about lr, so a parameter whose true gradient is ~0 can step the other
 way when the sharded sum rounds differently (measured: 1.7e-5 at lr 2e-5 on a 2x4 mesh)."""
 
@@ -10,6 +13,7 @@ import re
 import chex
 import jax
 import ml_collections
+import numpy as np
 import pytest
 
 from configs import common
@@ -63,13 +67,17 @@ def _single_device_reference():
   return _run(sharding.make_mesh((1, 1, 1), jax.devices()[:1]))
 
 
+def _assert_close_at_leaf_scale(actual, desired):
+  np.testing.assert_allclose(actual, desired, rtol=1e-5, atol=1e-5 + 1e-6 * np.abs(desired).max())
+
+
 @pytest.mark.parametrize("shape", [(8, 1, 1), (2, 4, 1), (2, 2, 2)])
 def test_sharded_step_equals_single_device(shape):
   assert jax.device_count() == 8
   reference = _single_device_reference()
   sharded = _run(sharding.make_mesh(shape))
   chex.assert_trees_all_close(sharded[0], reference[0], atol=1e-5, rtol=1e-5)
-  chex.assert_trees_all_close(sharded[1], reference[1], atol=1e-5, rtol=1e-5)
+  jax.tree.map(_assert_close_at_leaf_scale, sharded[1], reference[1])
   chex.assert_trees_all_close(sharded[2], reference[2], atol=2 * LEARNING_RATE, rtol=1e-5)
   chex.assert_trees_all_close(sharded[3], reference[3], atol=1e-5, rtol=1e-5)
 

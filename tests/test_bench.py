@@ -86,6 +86,10 @@ def test_train_benchmark_beside_sentence_transformers(tmp_path, minilm_dir, caps
                   "--batch-size", "16", "--steps", "2", "--max-length", "16")
   assert result["steps_timed"] == 2
   assert result["gembed_examples_per_s"] > 0 and result["sentence_transformers_examples_per_s"] > 0
+  # The peer pads each text stream to its longest; gembed to a bucket (16 = --max-length here).
+  assert result["gembed_padded_tokens_per_step"] == 16 * 16 * 3
+  assert 0 < result["peer_padded_tokens_per_step"] <= 16 * 16 * 3
+  assert result["padded_tokens_per_s"]["ratio"] > 0
 
 
 def test_mine_data_and_memory_benchmarks_on_a_tiny_budget(tmp_path, capsys):

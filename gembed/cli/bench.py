@@ -33,6 +33,8 @@ def add_parsers(sub) -> None:
   train.add_argument("--grad-cache-chunk", type=int, default=0, help="GradCache chunk rows (0: plain)")
   train.add_argument("--buckets", type=int, nargs="+", default=list(BUCKETS),
                      help="gembed's length buckets (the peer pads to each batch's longest text)")
+  train.add_argument("--dropout", type=float, default=0.1,
+                     help="dropout rate of both sides' encoders (BERT's 0.1; 0: the step without it)")
   train.add_argument("--no-peer", action="store_true",
                      help="gembed only (no torch / sentence-transformers needed)")
   memory = kinds.add_parser("memory", help="compiled memory and throughput, plain vs GradCache")

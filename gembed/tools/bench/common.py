@@ -41,7 +41,7 @@ BUCKETS = (16, 32, 64, 128)  # the trainer's length buckets (configs/finetune.py
 
 
 def train_setup(model_dir, rows, batch_size, max_length, dims, grad_cache_chunk=0,
-                buckets=BUCKETS):
+                buckets=BUCKETS, dropout=0.1):
   """The trainer's own pieces (gembed.state): imported MiniLM + projection, sharded state, the
   jitted step. TensorFlow-free: batches come from the `tokenizers` path, not SeqIO."""
   import jax
@@ -54,7 +54,7 @@ def train_setup(model_dir, rows, batch_size, max_length, dims, grad_cache_chunk=
   from gembed.tokenizer import Tokenizer
 
   info, params = modeldir.load_model(model_dir)
-  config = info.config.replace(projection_dim=dims[0], dropout_rate=0.1)
+  config = info.config.replace(projection_dim=dims[0], dropout_rate=dropout)
   params = initial_params(info.config, params, config, jax.random.PRNGKey(0))
   mesh = sharding.make_mesh("data")
   optim = ml_collections.ConfigDict(dict(name="adamw", learning_rate=2e-5, warmup_steps=10,

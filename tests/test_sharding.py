@@ -119,10 +119,12 @@ def _all_gathers(hlo: str) -> list[tuple[str, tuple[int, ...]]]:
 
 
 def _whole_activations(gathers) -> list:
-  """Gathered float arrays of rank >= 3 led by the global batch: the hidden states (or
-  attention heads) of every row, on every device."""
-  return [(dtype, shape) for dtype, shape in gathers
-          if dtype.startswith(("f", "bf")) and len(shape) >= 3 and shape[0] == GLOBAL_BATCH]
+  """Gathered float arrays holding the hidden states (or attention heads) of every row, on every
+  device: rank >= 3 led by the global batch, or led by the global batch's tokens (the rows of a
+  dense layer's 2-D matmul, batch and length merged)."""
+  every_token = {GLOBAL_BATCH * length for length in (12, 16)}  # _run_config's two lengths
+  return [(dtype, shape) for dtype, shape in gathers if dtype.startswith(("f", "bf")) and (
+      (len(shape) >= 3 and shape[0] == GLOBAL_BATCH) or shape[0] in every_token)]
 
 
 @pytest.mark.parametrize("shape", [(8, 1, 1), (1, 8, 1), (4, 1, 2)], ids=["data", "fsdp", "data_tensor"])
@@ -135,9 +137,10 @@ def test_compiled_step_keeps_activations_batch_sharded(shape):
   assert {(GLOBAL_BATCH, CONFIG.projection_dim), (CONFIG.projection_dim, GLOBAL_BATCH)} & set(shapes)
   # ...but no layer's activations are: each device keeps its own rows through the encoder.
   assert not _whole_activations(gathers), gathers
-  if shape[1] > 1:  # fsdp: weights are stored sharded and gathered where they are used
+  if shape[1] > 1:  # fsdp: weights are stored sharded and gathered where they are used, as the
+    # 2-D matmul operands of the dense layers (lora.matmul_2d: attention's heads dims merged)
     assert (CONFIG.hidden_size, CONFIG.intermediate_size) in shapes, shapes
-    assert (CONFIG.hidden_size, CONFIG.num_heads, CONFIG.head_dim) in shapes, shapes
+    assert (CONFIG.hidden_size, CONFIG.num_heads * CONFIG.head_dim) in shapes, shapes
   if shape[2] > 1:  # tensor: row-parallel projections end in an all-reduce of partial sums
     assert "all-reduce" in hlo
 

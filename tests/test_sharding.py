@@ -30,11 +30,14 @@ LOSS = LossConfig(temperature=0.05, dims=(24, 12, 6))
 LEARNING_RATE = 2e-5
 
 
+QUERY_LENGTH, DOCUMENT_LENGTH = 12, 16
+
+
 def _run_config(batch=8, num_negatives=2):
   """A run config with the batch and loss of these tests (gembed.state.jit_train_step reads it)."""
   c = common.get_base_config()
   c.data.global_batch_size, c.data.num_negatives = batch, num_negatives
-  c.data.query_length, c.data.document_length = 12, 16
+  c.data.query_length, c.data.document_length = QUERY_LENGTH, DOCUMENT_LENGTH
   c.loss.temperature, c.loss.mrl_dims = LOSS.temperature, LOSS.dims
   return c
 
@@ -122,7 +125,7 @@ def _whole_activations(gathers) -> list:
   """Gathered float arrays holding the hidden states (or attention heads) of every row, on every
   device: rank >= 3 led by the global batch, or led by the global batch's tokens (the rows of a
   dense layer's 2-D matmul, batch and length merged)."""
-  every_token = {GLOBAL_BATCH * length for length in (12, 16)}  # _run_config's two lengths
+  every_token = {GLOBAL_BATCH * length for length in (QUERY_LENGTH, DOCUMENT_LENGTH)}
   return [(dtype, shape) for dtype, shape in gathers if dtype.startswith(("f", "bf")) and (
       (len(shape) >= 3 and shape[0] == GLOBAL_BATCH) or shape[0] in every_token)]
 

@@ -96,6 +96,8 @@ def get_base_config():
   c.data.document_length = 128  # tokens per positive / hard negative
   c.data.length_buckets = ()  # cut each batch to the bucket of its longest text (hosts agree);
   #                             () = always the full query_length / document_length
+  c.data.length_groups = 1  # > 1 (with length_buckets): each batch's rows sorted by length and cut
+  #                           into this many groups, each padded to its own bucket (less padding)
   c.data.num_negatives = 0  # hard-negative slots per row (0 for pairs)
   c.data.shuffle_buffer = 10_000  # examples in SeqIO's shuffle buffer
   c.data.use_cached = False  # True: read the tasks' offline cache (`gembed cache`), not their sources

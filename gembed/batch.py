@@ -13,6 +13,11 @@ With precomputed teacher embeddings of width D (distill.teacher_embeddings):
   teacher_query, teacher_positive (B, D) float32
   teacher_negatives               (B, K, D) float32  (zeros for a missing hard negative)
 
+With data.length_groups = G > 1 a batch is a tuple of G such dicts: its rows sorted by their
+longest text and cut into G groups of B / G rows, each group cut to its own length bucket, so
+short rows are not padded to the longest row's length. The encoder runs once per group and
+stream; the loss sees every group's rows together (`row_groups`, `merged_rows`).
+
 The data pipeline produces it (gembed.data.batching), the step consumes it (gembed.steps), and
 the AOT check and the benchmarks describe it without data.
 """
@@ -40,6 +45,32 @@ def shapes(batch_size: int, query_length: int, document_length: int,
     if k:
       out["teacher_negatives"] = ((b, k, teacher_dim), np.float32)
   return out
+
+
+TEXT_FIELDS = ("query_ids", "query_mask", "positive_ids", "positive_mask", "negative_ids",
+               "negative_mask")
+
+
+def row_groups(batch) -> list[dict]:
+  """The batch's row groups: [batch] for one dict, the groups of a tuple (data.length_groups)."""
+  return list(batch) if isinstance(batch, (tuple, list)) else [batch]
+
+
+def merged_rows(batch) -> dict:
+  """Every field but the token ids and masks over all rows of the batch, groups in order: what
+  the loss reads beside the embeddings (identity keys, hard-negative validity, teacher
+  embeddings). The embeddings of a grouped batch are concatenated in the same order."""
+  import jax.numpy as jnp
+  groups = row_groups(batch)
+  names = [k for k in groups[0] if k not in TEXT_FIELDS]
+  if len(groups) == 1:
+    return {k: groups[0][k] for k in names}
+  return {k: jnp.concatenate([g[k] for g in groups]) for k in names}
+
+
+def text_lengths(batch) -> list[tuple[int, int]]:
+  """(query, document) tokens per row group: the lengths the step compiles for."""
+  return [(g["query_ids"].shape[-1], g["positive_ids"].shape[-1]) for g in row_groups(batch)]
 
 
 def pad_lengths(batch: dict, query_length: int, document_length: int, pad_id: int) -> dict:

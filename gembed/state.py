@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gembed import batch as batch_schema
 from gembed import chunks, sharding
 from gembed.models import embedder, lora
 from gembed.models.config import ModelConfig
@@ -157,22 +158,23 @@ def grad_cache_chunking(config, row_devices: int) -> Callable[[dict], int]:
   """`rows(batch)`: the GradCache chunk for a batch (0: no GradCache), fixed
   (train.grad_cache_chunk) or, with train.grad_cache_tokens, the most rows whose tokens (query,
   positive and hard negatives at the batch's lengths) fit that budget: each length bucket gets
-  its own chunk, short batches fewer and larger chunks, long ones smaller, memory bounded alike."""
-  t, batch_rows = config.train, config.data.global_batch_size
+  its own chunk, short batches fewer and larger chunks, long ones smaller, memory bounded alike.
+  With data.length_groups, chunks split each row group (the longest group sets the budget's)."""
+  t, batch_rows = config.train, config.data.global_batch_size // config.data.length_groups
   if not t.grad_cache:
     return lambda batch: 0
   if t.grad_cache_tokens:
     def rows(batch):
-      tokens = batch["query_ids"].shape[-1] + batch["positive_ids"].shape[-1] * (
-          1 + (batch["negative_ids"].shape[1] if "negative_ids" in batch else 0))
+      negatives = config.data.num_negatives
+      tokens = max(q + d * (1 + negatives) for q, d in batch_schema.text_lengths(batch))
       chosen = chunks.rows_within_tokens(batch_rows, tokens, t.grad_cache_tokens, row_devices)
       log.info("GradCache: %d rows per chunk at %d tokens per row (train.grad_cache_tokens %d)",
                chosen, tokens, t.grad_cache_tokens)
       return chosen
     return rows
   if batch_rows % t.grad_cache_chunk:
-    raise ValueError(f"train.grad_cache_chunk {t.grad_cache_chunk} must divide "
-                     f"data.global_batch_size {batch_rows}")
+    raise ValueError(f"train.grad_cache_chunk {t.grad_cache_chunk} must divide the {batch_rows} "
+                     "rows of a step's row group (data.global_batch_size / data.length_groups)")
   if t.grad_cache_chunk % row_devices:
     raise ValueError(f"train.grad_cache_chunk {t.grad_cache_chunk} must be a multiple "
                      f"of the {row_devices} devices the batch is split over (mesh data x fsdp): "
@@ -189,6 +191,11 @@ def jit_train_step(config, model_config: ModelConfig, optimizer, schedule, abstr
   teacher_params)`, the teacher's parameters sharded by the same rules and not donated. With
   precomputed teacher embeddings the batch carries them (sharded like its rows)."""
   row_devices = mesh.shape["data"] * mesh.shape["fsdp"]  # the batch's mesh axes
+  groups = config.data.length_groups
+  if groups > 1 and (config.data.global_batch_size // groups) % row_devices:
+    raise ValueError(f"data.length_groups {groups}: each group's data.global_batch_size / "
+                     f"{groups} rows must split over the {row_devices} devices the batch is "
+                     "sharded over (mesh data x fsdp)")
   grad_cache_rows = grad_cache_chunking(config, row_devices)
   loss_config = loss_config_of(config, model_config)
   if bool(teacher) != in_step_teacher(config):

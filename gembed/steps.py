@@ -1,6 +1,8 @@
 """The pure train step: no I/O, no mesh creation (gembed.state jits it with shardings).
 
-A batch is a dict of arrays over the global batch, with the fields of gembed.batch.
+A batch is a dict of arrays over the global batch, with the fields of gembed.batch, or a tuple
+of such dicts, one per row group (data.length_groups): the encoder runs per group, the loss
+over all rows.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from gembed import batch as batch_schema
 from gembed import chunks, losses
 from gembed.models import lora
 from gembed.models.config import ModelConfig
@@ -47,22 +50,42 @@ class TrainState:
 
 
 def _text_streams(batch, rng):
-  """(ids, mask, dropout rng) per text stream: queries, positives, flattened hard negatives."""
+  """Per text stream (queries, positives, flattened hard negatives), its parts: (ids, mask,
+  dropout rng) of each row group, groups in order (one part for an ungrouped batch)."""
+  groups = batch_schema.row_groups(batch)
   rngs = jax.random.split(rng, 3) if rng is not None else (None, None, None)
-  streams = [(batch["query_ids"], batch["query_mask"], rngs[0]),
-             (batch["positive_ids"], batch["positive_mask"], rngs[1])]
-  if "negative_ids" in batch:
-    length = batch["negative_ids"].shape[-1]
-    streams.append((batch["negative_ids"].reshape(-1, length),
-                    batch["negative_mask"].reshape(-1, length), rngs[2]))
+  streams = []
+  for name, stream_rng in zip(("query", "positive", "negative"), rngs):
+    if f"{name}_ids" not in groups[0]:
+      continue
+    parts = []
+    for index, group in enumerate(groups):
+      length = group[f"{name}_ids"].shape[-1]
+      part_rng = stream_rng if stream_rng is None or index == 0 else jax.random.fold_in(stream_rng, index)
+      parts.append((group[f"{name}_ids"].reshape(-1, length),
+                    group[f"{name}_mask"].reshape(-1, length), part_rng))
+    streams.append(parts)
   return streams
+
+
+def _join_rows(parts):
+  """Row groups' embeddings of one stream as one array, groups in order."""
+  return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
+
+
+def _as_triple(embeddings):
+  """(query, positive, negatives (B, K, D) or None) from the streams' (rows, D) embeddings."""
+  if len(embeddings) == 2:
+    return embeddings[0], embeddings[1], None
+  rows, width = embeddings[0].shape
+  return embeddings[0], embeddings[1], embeddings[2].reshape(rows, -1, width)
 
 
 def embed_batch(model_config: ModelConfig, params, batch, rng=None):
   """(query, positive, negatives or None) embeddings of a batch, float32, unnormalised."""
-  out = [apply_model(model_config, params, ids, mask, r) for ids, mask, r in _text_streams(batch, rng)]
-  negatives = out[2].reshape(*batch["negative_ids"].shape[:2], -1) if len(out) == 3 else None
-  return out[0], out[1], negatives
+  return _as_triple([_join_rows([apply_model(model_config, params, ids, mask, r)
+                                 for ids, mask, r in parts])
+                     for parts in _text_streams(batch, rng)])
 
 
 def contrastive_loss(loss_config: LossConfig, query, positive, negatives, batch):
@@ -147,26 +170,25 @@ def embeddings_loss(loss_config: LossConfig, student, batch, teacher=None):
 
 def loss_fn(params, batch, rng, model_config: ModelConfig, loss_config: LossConfig, teacher=None):
   student = embed_batch(model_config, frozen_base(params, model_config), batch, rng)
-  return embeddings_loss(loss_config, student, batch, teacher)
+  return embeddings_loss(loss_config, student, batch_schema.merged_rows(batch), teacher)
 
 
 def embed_in_chunks(model_config: ModelConfig, params, batch, rng, chunk_size: int):
   """`embed_batch` `chunk_size` rows at a time with no activations kept (no gradient): GradCache's
   first pass, and a teacher's embeddings. Each chunk's dropout rng is folded from its index."""
   embeddings = []
-  for ids, mask, stream_rng in _text_streams(batch, rng):
-    def embed(_, chunk, stream_rng=stream_rng):
-      index, ids_c, mask_c = chunk
-      r = None if stream_rng is None else jax.random.fold_in(stream_rng, index)
-      return None, apply_model(model_config, params, ids_c, mask_c, r)
-    pieces = (chunks.to_chunks(ids, chunk_size), chunks.to_chunks(mask, chunk_size))
-    _, out = jax.lax.scan(embed, None, (jnp.arange(pieces[0].shape[0]), *pieces))
-    embeddings.append(jax.lax.stop_gradient(chunks.from_chunks(out)))
-  if len(embeddings) == 3:
-    embeddings[2] = embeddings[2].reshape(*batch["negative_ids"].shape[:2], -1)
-  else:
-    embeddings.append(None)
-  return tuple(embeddings)
+  for parts in _text_streams(batch, rng):
+    pieces = []
+    for ids, mask, part_rng in parts:
+      def embed(_, chunk, part_rng=part_rng):
+        index, ids_c, mask_c = chunk
+        r = None if part_rng is None else jax.random.fold_in(part_rng, index)
+        return None, apply_model(model_config, params, ids_c, mask_c, r)
+      chunked = (chunks.to_chunks(ids, chunk_size), chunks.to_chunks(mask, chunk_size))
+      _, out = jax.lax.scan(embed, None, (jnp.arange(chunked[0].shape[0]), *chunked))
+      pieces.append(chunks.from_chunks(out))
+    embeddings.append(jax.lax.stop_gradient(_join_rows(pieces)))
+  return _as_triple(embeddings)
 
 
 def cached_loss_and_grads(params, batch, rng, model_config: ModelConfig, loss_config: LossConfig,
@@ -182,28 +204,33 @@ def cached_loss_and_grads(params, batch, rng, model_config: ModelConfig, loss_co
   Each chunk's dropout rng is fixed by its index, so steps 1 and 3 see the same masks.
   """
   embeddings = embed_in_chunks(model_config, params, batch, rng, chunk_size)
+  rows = batch_schema.merged_rows(batch)
   if not loss_config.ring:  # the global B x B logits would otherwise dominate memory
     loss_config = dataclasses.replace(loss_config, row_chunk=chunk_size)
 
   def loss_on_embeddings(*student):
     student = student + (None,) * (3 - len(student))
-    return embeddings_loss(loss_config, student, batch, teacher)
+    return embeddings_loss(loss_config, student, rows, teacher)
 
   argnums = (0, 1, 2) if embeddings[2] is not None else (0, 1)
   (loss, metrics), embedding_grads = jax.value_and_grad(
       loss_on_embeddings, argnums=argnums, has_aux=True)(*embeddings[:len(argnums)])
 
   grads = jax.tree.map(jnp.zeros_like, params)
-  for (ids, mask, stream_rng), cotangent in zip(_text_streams(batch, rng), embedding_grads):
-    def backprop(acc, chunk, stream_rng=stream_rng):
-      index, ids_c, mask_c, g_c = chunk
-      r = None if stream_rng is None else jax.random.fold_in(stream_rng, index)
-      _, pull = jax.vjp(lambda p: apply_model(model_config, frozen_base(p, model_config), ids_c,
-                                              mask_c, r), params)
-      return jax.tree.map(jnp.add, acc, pull(g_c)[0]), None
-    cotangent = cotangent.reshape(ids.shape[0], -1)
-    pieces = [chunks.to_chunks(x, chunk_size) for x in (ids, mask, cotangent)]
-    grads, _ = jax.lax.scan(backprop, grads, (jnp.arange(pieces[0].shape[0]), *pieces))
+  for parts, cotangent in zip(_text_streams(batch, rng), embedding_grads):
+    cotangent = cotangent.reshape(-1, cotangent.shape[-1])
+    start = 0
+    for ids, mask, part_rng in parts:
+      def backprop(acc, chunk, part_rng=part_rng):
+        index, ids_c, mask_c, g_c = chunk
+        r = None if part_rng is None else jax.random.fold_in(part_rng, index)
+        _, pull = jax.vjp(lambda p: apply_model(model_config, frozen_base(p, model_config), ids_c,
+                                                mask_c, r), params)
+        return jax.tree.map(jnp.add, acc, pull(g_c)[0]), None
+      part_cotangent = cotangent[start:start + ids.shape[0]]
+      start += ids.shape[0]
+      chunked = [chunks.to_chunks(x, chunk_size) for x in (ids, mask, part_cotangent)]
+      grads, _ = jax.lax.scan(backprop, grads, (jnp.arange(chunked[0].shape[0]), *chunked))
   return (loss, metrics), grads
 
 
@@ -213,8 +240,9 @@ def teacher_embeddings(batch, teacher_params=None, teacher_config: ModelConfig |
   batch's precomputed ones (distill.teacher_embeddings), else, with `teacher_params` (a model of
   `teacher_config` sharing the student's tokenizer), the teacher embedding the same token ids
   without dropout or gradient (in chunks under GradCache)."""
-  if "teacher_query" in batch:
-    return batch["teacher_query"], batch["teacher_positive"], batch.get("teacher_negatives")
+  if "teacher_query" in batch_schema.row_groups(batch)[0]:
+    rows = batch_schema.merged_rows(batch)
+    return rows["teacher_query"], rows["teacher_positive"], rows.get("teacher_negatives")
   if teacher_params is None:
     return None
   if grad_cache_chunk:

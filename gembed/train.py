@@ -34,6 +34,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from gembed import batch as batch_schema
 from gembed import checkpoint, flops, sharding
 from gembed.formats import modeldir
 from gembed.models import lora
@@ -116,10 +117,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 os.path.join(workdir, "bad_rows.txt"))
   iterator = None
   task_steps = np.zeros(len(specs), np.int64)
-  step_shapes = set()  # (query length, document length) pairs compiled so far
-  max_shapes = len(bucket_lengths(config.data.length_buckets, config.data.query_length)) * len(
-      bucket_lengths(config.data.length_buckets, config.data.document_length))
-  log.info("at most %d step shapes (query x document length buckets) will compile", max_shapes)
+  step_shapes = set()  # the (query length, document length) of each row group, compiled so far
+  max_shapes = (len(bucket_lengths(config.data.length_buckets, config.data.query_length)) * len(
+      bucket_lengths(config.data.length_buckets, config.data.document_length))) ** config.data.length_groups
+  log.info("at most %d step shapes ((query x document length buckets) ** data.length_groups) "
+           "will compile", max_shapes)
 
   # Resume (the order is in the module docstring).
   manager = checkpoint.make_manager(workdir, config.ckpt.keep, config.ckpt.async_save,
@@ -177,25 +179,29 @@ def train_and_evaluate(config, workdir: str) -> dict:
   try:
     for step in range(start, total):
       host_batch = agree_lengths(mixture.next_batch(iterator), step)
-      task_steps[int(host_batch.pop("task_index"))] += 1
-      query_len, doc_len = host_batch["query_ids"].shape[1], host_batch["positive_ids"].shape[1]
-      new_shape = (query_len, doc_len) not in step_shapes
+      groups = batch_schema.row_groups(host_batch)  # every row group carries its task's index
+      task_steps[int(groups[0]["task_index"])] += 1
+      for group in groups:
+        del group["task_index"]
+      shape = tuple(batch_schema.text_lengths(host_batch))  # (query, document) per row group
+      new_shape = shape not in step_shapes
       if new_shape:
-        step_shapes.add((query_len, doc_len))
-        log.info("step %d: new shape (query %d, document %d tokens), %d of at most %d: compiling "
-                 "(or reading the compilation cache)", step + 1, query_len, doc_len,
+        step_shapes.add(shape)
+        log.info("step %d: new shape (query, document tokens per row group: %s), %d of at most "
+                 "%d: compiling (or reading the compilation cache)", step + 1, shape,
                  len(step_shapes), max_shapes)
         hits_before, compile_start = cache_hits.count, time.perf_counter()
-      window_flops += flops.train_flops_per_step(model_config, d.global_batch_size, query_len,
-                                                 doc_len, d.num_negatives,
-                                                 teacher[0] if teacher else None)
-      window_tokens += d.global_batch_size * (query_len + (1 + d.num_negatives) * doc_len)
-      batch = {k: jax.make_array_from_process_local_data(batch_sharding, v)
-               for k, v in host_batch.items()}
+      group_rows = d.global_batch_size // d.length_groups
+      for query_len, doc_len in shape:
+        window_flops += flops.train_flops_per_step(model_config, group_rows, query_len, doc_len,
+                                                   d.num_negatives, teacher[0] if teacher else None)
+        window_tokens += group_rows * (query_len + (1 + d.num_negatives) * doc_len)
+      batch = jax.tree.map(lambda v: jax.make_array_from_process_local_data(batch_sharding, v),
+                           host_batch)
       state, metrics = step_fn(state, batch, *teacher_args)  # compiles a new shape, then dispatches
       if new_shape:
-        log.info("step %d: shape (query %d, document %d tokens) %s in %.1f s", step + 1, query_len,
-                 doc_len, "read from the compilation cache" if cache_hits.count > hits_before
+        log.info("step %d: shape %s %s in %.1f s", step + 1, shape,
+                 "read from the compilation cache" if cache_hits.count > hits_before
                  else "compiled", time.perf_counter() - compile_start)
       done = step + 1
       bar.update(1)

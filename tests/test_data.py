@@ -29,9 +29,10 @@ def _task_files(tmp_path):
   return [_write(tmp_path / "a.jsonl", a), _write(tmp_path / "b.jsonl", b), _write(tmp_path / "c.jsonl", c)]
 
 
-def _mixture(tmp_path, minilm, seed=0, rates=(0.5, 0.3, 0.2), batch=4, length_buckets=()):
+def _mixture(tmp_path, minilm, seed=0, rates=(0.5, 0.3, 0.2), batch=4, length_buckets=(),
+             length_groups=1, files=None):
   info, _ = minilm
-  files = _task_files(tmp_path)
+  files = files or _task_files(tmp_path)
   specs = [sources.TaskSpec(f"t{i}", (f,), prompt_task="search result", rate=r)
            for i, (f, r) in enumerate(zip(files, rates))]
   registered = [tasks.register_task(s, tokenizer_file=info.tokenizer_file, query_length=16,
@@ -40,7 +41,8 @@ def _mixture(tmp_path, minilm, seed=0, rates=(0.5, 0.3, 0.2), batch=4, length_bu
   rates = mixture.mixture_rates([t.num_rows for t in registered], specs, "explicit")
   ds = mixture.make_mixture(registered, rates, host_batch_size=batch, seed=seed, shard_index=0,
                             num_shards=1, shuffle_buffer=64, query_length=16, document_length=24,
-                            num_negatives=1, pad_id=0, length_buckets=length_buckets)
+                            num_negatives=1, pad_id=0, length_buckets=length_buckets,
+                            length_groups=length_groups)
   return info, ds
 
 
@@ -102,6 +104,40 @@ def test_length_buckets_cut_only_padding(tmp_path, minilm):
   assert all(q < 16 and d < 24 for q, d in lengths), lengths  # every batch was cut
   with pytest.raises(ValueError, match="query_ids has 16 tokens, more than the 8"):
     batch_schema.pad_lengths(full, 8, 24, pad_id=0)
+
+
+def test_length_groups_sort_rows_and_cut_each_group(tmp_path, minilm):
+  """data.length_groups: a batch's rows sorted by their longest text into groups, each cut to the
+  bucket of its own longest texts; padded back and laid side by side, they are the static batch
+  in that order."""
+  rows = [{"query": "question " + "word " * (i % 11), "positive": "answer" + " more" * (i % 5),
+           "negative": f"wrong {i}"} for i in range(48)]
+  files = [_write(tmp_path / "varied.jsonl", rows)]
+  buckets = (8, 12, 16, 24)
+  _, static = _mixture(tmp_path, minilm, rates=(1.0,), batch=8, files=files)
+  _, grouped = _mixture(tmp_path, minilm, rates=(1.0,), batch=8, files=files,
+                        length_buckets=buckets, length_groups=2)
+  shapes = set()
+  for full, groups in zip(static.take(6).as_numpy_iterator(), grouped.take(6).as_numpy_iterator()):
+    assert isinstance(groups, tuple) and len(groups) == 2
+    longest = np.max([full["query_mask"].sum(1), full["positive_mask"].sum(1),
+                      full["negative_mask"].sum(-1).max(1)], axis=0)
+    order = np.argsort(longest, kind="stable")
+    for group in groups:
+      documents = max(group["positive_mask"].sum(1).max(), group["negative_mask"].sum(-1).max())
+      assert group["query_ids"].shape[1] == min(b for b in buckets if b >= group["query_mask"].sum(1).max())
+      assert group["positive_ids"].shape[1] == group["negative_ids"].shape[2] == min(
+          b for b in buckets if b >= documents)
+    shapes.add(tuple(batch_schema.text_lengths(groups)))
+    padded = [batch_schema.pad_lengths(g, 16, 24, pad_id=0) for g in groups]
+    task = full.pop("task_index")
+    assert all(p.pop("task_index") == task for p in padded)  # every group: the step's task
+    for name in full:
+      np.testing.assert_array_equal(np.concatenate([p[name] for p in padded]), full[name][order],
+                                    err_msg=name)
+  assert any(a != b for a, b in shapes), shapes  # the groups were cut to different lengths
+  with pytest.raises(ValueError, match="length_groups 2 needs data.length_buckets"):
+    _mixture(tmp_path, minilm, rates=(1.0,), batch=8, files=files, length_groups=2)
 
 
 def test_same_seed_same_stream_and_exact_restore(tmp_path, minilm):

@@ -4,8 +4,9 @@ one task per global batch. One process is killed after a checkpoint, both are re
 resume; the end equals the one-process eight-device run of the same global batches (the
 two hosts' batches side by side, as `make_array_from_process_local_data` lays them out).
 
-Meshes: data x fsdp straight through, data x tensor killed and resumed. Length buckets are on:
-texts of varied lengths, so on some steps the hosts' own buckets differ and they must agree.
+Meshes: data x fsdp straight through (its batches sorted into two length groups), data x tensor
+killed and resumed. Length buckets are on: texts of varied lengths, so on some steps the hosts'
+own buckets differ and they must agree (per group).
 What `launch/tpu_run.sh` does across TPU hosts, here with processes; the same command by hand
 is in docs/tpu.md."""
 
@@ -108,8 +109,8 @@ def _logs(log_dir):
 
 def _one_process_reference(config):
   """The trainer's own pieces on this process's 8 devices, fed each step with host 0's and
-  host 1's batches side by side (padded to the longer's lengths, as one host would cut the
-  global batch); also the steps on which the hosts' own buckets differed."""
+  host 1's batches (each row group's) side by side, padded to the longer's lengths, as one host
+  would cut the global batch; also the steps on which the hosts' own buckets differed."""
   init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.train.seed))
   init_info, init_params = modeldir.load_model(modeldir.resolve_model_arg(config.model.init))
   model_config = model_config_for_run(init_info.config, config.model)
@@ -124,16 +125,19 @@ def _one_process_reference(config):
   task_steps = {spec.name: 0 for spec in specs}
   disagreed = []
   for s in range(config.train.steps):
-    batches = [{k: v.numpy() for k, v in next(host).items()} for host in hosts]
-    tasks = {int(b.pop("task_index")) for b in batches}
+    batches = [mixture.next_batch(host) for host in hosts]
+    tasks = {int(g.pop("task_index")) for b in batches for g in batch_schema.row_groups(b)}
     assert len(tasks) == 1, "the two hosts drew different tasks for one global batch"
     task_steps[specs[tasks.pop()].name] += 1
-    lengths = [(b["query_ids"].shape[1], b["positive_ids"].shape[1]) for b in batches]
+    lengths = [batch_schema.text_lengths(b) for b in batches]  # (query, document) per group
     if lengths[0] != lengths[1]:
       disagreed.append(s)
-    batches = [batch_schema.pad_lengths(b, *np.max(lengths, axis=0), sources[0].pad_id)
-               for b in batches]
-    batch = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+    groups = []
+    for index, group_lengths in enumerate(np.max(lengths, axis=0)):
+      padded = [batch_schema.pad_lengths(batch_schema.row_groups(b)[index], *group_lengths,
+                                         sources[0].pad_id) for b in batches]
+      groups.append({k: np.concatenate([p[k] for p in padded]) for k in padded[0]})
+    batch = groups[0] if len(groups) == 1 else tuple(groups)
     state, _ = step(state, jax.device_put(batch, sharding.batch_sharding(mesh)))
   return jax.device_get(state.params), task_steps, disagreed
 
@@ -144,11 +148,13 @@ def _flat(params):
 
 @pytest.mark.slow
 def test_two_processes_equal_one(setup, varied_data, tmp_path):  # noqa: F811
-  """Two hosts x four devices on a data x fsdp mesh (2, 4, 1), straight through, equal one host
+  """Two hosts x four devices on a data x fsdp mesh (2, 4, 1), straight through, each host's
+  batches sorted into two length groups (data.length_groups; 8 rows a group), equal one host
   x eight devices. (The kill test below covers the data x tensor mesh; a pure data mesh adds
   nothing the data axis here does not show, and each two-process run costs minutes.)"""
   model, _ = setup
-  overrides = _overrides(model, varied_data, "data_fsdp")
+  overrides = dict(_overrides(model, varied_data, "data_fsdp"), **{
+      "data.length_groups": 2, "data.global_batch_size": 16})
   logs = tmp_path / "logs"
   logs.mkdir()
   assert _wait(_start_hosts(tmp_path / "w", overrides, str(logs))) == [0, 0], _logs(str(logs))

@@ -47,3 +47,21 @@ def random_batch(seed, batch=8, num_negatives=2, query_length=12, doc_length=16,
   return {"query_ids": q_ids, "query_mask": q_mask, "positive_ids": p_ids, "positive_mask": p_mask,
           "negative_ids": n_ids, "negative_mask": n_mask, "negative_valid": valid,
           "query_key": q_key, "positive_key": p_key}
+
+
+def group_by_length(batch, groups):
+  """NumPy twin of gembed.data.batching.group_by_length, each group cut to its own longest text
+  (no buckets): the rows sorted by their longest text and cut into `groups` groups."""
+  longest = np.max([batch["query_mask"].sum(-1), batch["positive_mask"].sum(-1),
+                    batch["negative_mask"].sum(-1).max(-1)], axis=0)
+  out = []
+  for part in np.split(np.argsort(longest, kind="stable"), groups):
+    group = {k: v[part] for k, v in batch.items()}
+    lengths = {"query": group["query_mask"].sum(-1).max(),
+               "positive": max(group["positive_mask"].sum(-1).max(), group["negative_mask"].sum(-1).max())}
+    lengths["negative"] = lengths["positive"]
+    for side, length in lengths.items():
+      for field in (f"{side}_ids", f"{side}_mask"):
+        group[field] = group[field][..., :length]
+    out.append(group)
+  return tuple(out)

@@ -33,6 +33,9 @@ def add_parsers(sub) -> None:
   train.add_argument("--grad-cache-chunk", type=int, default=0, help="GradCache chunk rows (0: plain)")
   train.add_argument("--buckets", type=int, nargs="+", default=list(BUCKETS),
                      help="gembed's length buckets (the peer pads to each batch's longest text)")
+  train.add_argument("--length-groups", type=int, default=1,
+                     help="sort each batch's rows by length into this many groups, each cut to "
+                     "its own bucket (data.length_groups)")
   train.add_argument("--dropout", type=float, default=0.1,
                      help="dropout rate of both sides' encoders (BERT's 0.1; 0: the step without it)")
   train.add_argument("--no-peer", action="store_true",

@@ -1,5 +1,6 @@
 """Batches of one task: padded to static lengths, explicit attention masks from the lengths,
-the fields of gembed.batch; optionally cut to a length bucket.
+the fields of gembed.batch; optionally cut to a length bucket, or sorted by length into row
+groups each cut to its own bucket.
 """
 
 from __future__ import annotations
@@ -35,10 +36,26 @@ def trim_to_bucket(batch, buckets: tuple[int, ...]):
   return out
 
 
+def group_by_length(batch, groups: int, buckets: tuple[int, ...]):
+  """The batch's rows sorted by their longest text (stable) and cut into `groups` groups of
+  equal rows, each cut to its own bucket: a tuple of batches (data.length_groups). Every row
+  keeps its fields together, so the loss over all groups is the loss over the batch."""
+  lengths = [tf.reduce_sum(batch["query_mask"], -1), tf.reduce_sum(batch["positive_mask"], -1)]
+  if "negative_mask" in batch:
+    lengths.append(tf.reduce_max(tf.reduce_sum(batch["negative_mask"], -1), -1))
+  order = tf.argsort(tf.reduce_max(tf.stack(lengths), 0), stable=True)
+  rows = batch["query_mask"].shape[0] // groups
+  ordered = {k: tf.gather(v, order) for k, v in batch.items()}
+  return tuple(trim_to_bucket({k: v[i * rows:(i + 1) * rows] for k, v in ordered.items()}, buckets)
+               for i in range(groups))
+
+
 def batch_task(ds, *, batch_size: int, query_length: int, document_length: int, num_negatives: int,
-               pad_id: int, length_buckets: tuple[int, ...] = (), teacher_dim: int = 0):
+               pad_id: int, length_buckets: tuple[int, ...] = (), length_groups: int = 1,
+               teacher_dim: int = 0):
   """Pads to static lengths, batches, and builds explicit attention masks from lengths;
-  with `length_buckets`, each batch is then cut to the bucket of its longest text.
+  with `length_buckets`, each batch is then cut to the bucket of its longest text, or with
+  `length_groups` > 1 sorted into that many row groups, each cut to its own bucket.
   `teacher_dim` > 0: the examples carry precomputed teacher embeddings of that width."""
   lengths = {"query": query_length}
   lengths.update({n: document_length for n in text_features(num_negatives)[1:]})
@@ -49,6 +66,9 @@ def batch_task(ds, *, batch_size: int, query_length: int, document_length: int, 
     shapes[f"{name}_length"], values[f"{name}_length"] = [], 0
     if name.startswith("negative_"):
       shapes[f"{name}_valid"], values[f"{name}_valid"] = [], False
+  if length_groups > 1 and (not length_buckets or batch_size % length_groups):
+    raise ValueError(f"data.length_groups {length_groups} needs data.length_buckets and a host "
+                     f"batch ({batch_size} rows) that it divides")
   teacher_names = [f"teacher_{n}" for n in text_features(num_negatives)] if teacher_dim else []
   for name in teacher_names:
     shapes[name], values[name] = [teacher_dim], 0.0
@@ -74,6 +94,9 @@ def batch_task(ds, *, batch_size: int, query_length: int, document_length: int, 
     return {name: tf.cast(out[name], dtype) for name, (_, dtype) in schema.items()}
 
   ds = ds.map(to_model_batch, num_parallel_calls=tf.data.AUTOTUNE)
-  if length_buckets:
+  if length_groups > 1:
+    ds = ds.map(lambda b: group_by_length(b, length_groups, tuple(length_buckets)),
+                num_parallel_calls=tf.data.AUTOTUNE)
+  elif length_buckets:
     ds = ds.map(lambda b: trim_to_bucket(b, tuple(length_buckets)), num_parallel_calls=tf.data.AUTOTUNE)
   return ds

@@ -53,8 +53,10 @@ def task_choices(rates: np.ndarray, seed: int):
 def make_mixture(tasks: list[seqio.Task], rates: np.ndarray, *, host_batch_size: int, seed: int,
                  shard_index: int, num_shards: int, shuffle_buffer: int, query_length: int,
                  document_length: int, num_negatives: int, pad_id: int,
-                 length_buckets: tuple[int, ...] = (), teacher_dim: int = 0):
-  """Endless stream of host batches, each global batch from one task.
+                 length_buckets: tuple[int, ...] = (), length_groups: int = 1,
+                 teacher_dim: int = 0):
+  """Endless stream of host batches, each global batch from one task (each row group of a
+  grouped batch carries the task's index).
 
   Examples are shuffled here, after preprocessing, with a seeded buffer (what SeqIO's own
   `shuffle=True` does). Asking SeqIO to shuffle would also make it warn that an uncached
@@ -74,11 +76,12 @@ def make_mixture(tasks: list[seqio.Task], rates: np.ndarray, *, host_batch_size:
     per_task.append(batch_task(ds, batch_size=host_batch_size, query_length=query_length,
                                document_length=document_length, num_negatives=num_negatives,
                                pad_id=pad_id, length_buckets=length_buckets,
-                               teacher_dim=teacher_dim))
+                               length_groups=length_groups, teacher_dim=teacher_dim))
   ds = tf.data.Dataset.choose_from_datasets(per_task, task_choices(rates, seed),
                                             stop_on_empty_dataset=True)
   ds = tf.data.Dataset.zip((task_choices(rates, seed), ds)).map(
-      lambda task_index, batch: dict(batch, task_index=task_index))
+      lambda task_index, batch: (tuple(dict(g, task_index=task_index) for g in batch)
+                                 if isinstance(batch, tuple) else dict(batch, task_index=task_index)))
   options = tf.data.Options()
   # The tokenizer runs in tf.py_function; it is stateless, so the iterator checkpoint is exact.
   options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
@@ -86,11 +89,11 @@ def make_mixture(tasks: list[seqio.Task], rates: np.ndarray, *, host_batch_size:
   return ds.with_options(options).prefetch(2)
 
 
-def next_batch(iterator) -> dict:
+def next_batch(iterator) -> dict | tuple[dict, ...]:
   """The next host batch as NumPy arrays; a record or TFDS row the pipeline refuses (an empty
   text) is an InputError naming its task, file and record."""
   try:
-    return {k: v.numpy() for k, v in next(iterator).items()}
+    return tf.nest.map_structure(lambda v: v.numpy(), next(iterator))
   except tf.errors.InvalidArgumentError as e:
     if refused_row(e) is None:
       raise
@@ -163,7 +166,8 @@ def from_config(config, tokenizer_file: str, process_index: int = 0,
       tasks, rates, host_batch_size=d.global_batch_size // process_count, seed=seed,
       shard_index=process_index, num_shards=process_count, shuffle_buffer=d.shuffle_buffer,
       query_length=d.query_length, document_length=d.document_length,
-      num_negatives=d.num_negatives, pad_id=pad_id, length_buckets=tuple(d.length_buckets), teacher_dim=store.dim if store else 0)
+      num_negatives=d.num_negatives, pad_id=pad_id, length_buckets=tuple(d.length_buckets),
+      length_groups=d.length_groups, teacher_dim=store.dim if store else 0)
   log.info("mixture: %s", ", ".join(f"{s.name}={r:.3f} ({t.num_rows} rows)"
                                      for s, r, t in zip(specs, rates, tasks)))
   return TrainingData(specs, rates, dataset, [line for t in tasks for line in t.bad_rows], pad_id)
@@ -174,25 +178,28 @@ _agreements = itertools.count()  # every host runs the same trainings in the sam
 
 def shared_lengths(pad_id: int, timeout_s: int = 600) -> Callable[[dict, int], dict]:
   """`agree(host_batch, step)`: with data.length_buckets on several hosts, each host has cut its
-  batch to the bucket of its own longest texts; all pad to the longest any host cut to at that
-  step, so the global batch has one shape: the bucket one host would cut the whole global
-  batch to, so results equal one host's. The bucket depends on texts only their host has
-  read, so the hosts swap it: two integers per step through the coordination service's
-  key-value store, host to host, not a device collective that would queue behind the steps
-  already dispatched. One host: the batch as it is."""
+  batch (each row group of it) to the bucket of its own longest texts; all pad to the longest
+  any host cut to at that step, so the global batch has one shape: the bucket one host would
+  cut the whole global batch (group) to, so results equal one host's. The bucket depends on
+  texts only their host has read, so the hosts swap it: two integers per group and step
+  through the coordination service's key-value store, host to host, not a device collective
+  that would queue behind the steps already dispatched. One host: the batch as it is."""
   if jax.process_count() == 1:
     return lambda batch, step: batch
   from jax._src import distributed  # the coordination service client jax.distributed started
   client, me = distributed.global_state.client, jax.process_index()
   prefix = f"gembed/lengths/{next(_agreements)}"
 
-  def agree(batch: dict, step: int) -> dict:
-    client.key_value_set(f"{prefix}/{step}/{me}",
-                         f"{batch['query_ids'].shape[-1]} {batch['positive_ids'].shape[-1]}")
+  def agree(batch, step: int):
+    mine = [n for lengths in batch_schema.text_lengths(batch) for n in lengths]
+    client.key_value_set(f"{prefix}/{step}/{me}", " ".join(map(str, mine)))
     client.wait_at_barrier(f"{prefix}/{step}", timeout_s * 1000)
     lengths = np.asarray([v.split() for _, v in client.key_value_dir_get(f"{prefix}/{step}/")], int)
     # Past this step's barrier every host has read the previous step's lengths.
     client.key_value_delete(f"{prefix}/{step - 1}/{me}")
-    return batch_schema.pad_lengths(batch, *lengths.max(axis=0), pad_id)
+    agreed = lengths.max(axis=0).reshape(-1, 2)
+    padded = [batch_schema.pad_lengths(group, *group_lengths, pad_id)
+              for group, group_lengths in zip(batch_schema.row_groups(batch), agreed)]
+    return tuple(padded) if isinstance(batch, tuple) else padded[0]
 
   return agree

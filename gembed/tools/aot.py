@@ -21,7 +21,8 @@ from gembed.state import (abstract_params, abstract_train_state, in_step_teacher
 
 
 def abstract_batch(config, mesh) -> dict:
-  """ShapeDtypeStructs of one global batch of the config, sharded like the trainer's; with
+  """ShapeDtypeStructs of one global batch of the config, sharded like the trainer's (each row
+  group at the full lengths with data.length_groups: the largest it can be); with
   precomputed teacher embeddings (their width from the teacher's config, else the store's)."""
   d = config.data
   rows = sharding.batch_sharding(mesh)
@@ -31,9 +32,10 @@ def abstract_batch(config, mesh) -> dict:
         modeldir.resolve_model_arg(config.distill.teacher)).embedding_dim
   elif config.distill.teacher_embeddings:
     teacher_dim = read_manifest(config.distill.teacher_embeddings)["dim"]
-  return {name: jax.ShapeDtypeStruct(shape, dtype, sharding=rows) for name, (shape, dtype) in
-          batch.shapes(d.global_batch_size, d.query_length, d.document_length,
-                       d.num_negatives, teacher_dim).items()}
+  group = {name: jax.ShapeDtypeStruct(shape, dtype, sharding=rows) for name, (shape, dtype) in
+           batch.shapes(d.global_batch_size // d.length_groups, d.query_length, d.document_length,
+                        d.num_negatives, teacher_dim).items()}
+  return group if d.length_groups == 1 else (group,) * d.length_groups
 
 
 def compile_train_step(config, devices=None):

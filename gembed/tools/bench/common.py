@@ -41,12 +41,13 @@ BUCKETS = (16, 32, 64, 128)  # the trainer's length buckets (configs/finetune.py
 
 
 def train_setup(model_dir, rows, batch_size, max_length, dims, grad_cache_chunk=0,
-                buckets=BUCKETS, dropout=0.1):
+                buckets=BUCKETS, dropout=0.1, length_groups=1):
   """The trainer's own pieces (gembed.state): imported MiniLM + projection, sharded state, the
   jitted step. TensorFlow-free: batches come from the `tokenizers` path, not SeqIO."""
   import jax
   import ml_collections
 
+  from gembed import batch as batch_schema
   from gembed import flops, sharding
   from gembed.formats import modeldir
   from gembed.optim import make_optimizer
@@ -66,34 +67,37 @@ def train_setup(model_dir, rows, batch_size, max_length, dims, grad_cache_chunk=
   run = ml_collections.ConfigDict({
       "train": {"grad_cache": bool(grad_cache_chunk), "grad_cache_chunk": grad_cache_chunk or 1,
                 "grad_cache_tokens": 0},
-      "data": {"global_batch_size": batch_size},
+      "data": {"global_batch_size": batch_size, "length_groups": length_groups, "num_negatives": 1},
       "loss": {"temperature": 0.05, "mrl_dims": tuple(dims), "mrl_weights": (),
                "decoupled": False, "ring": False, "prefix_distill": 0.0,
                "contrastive_weight": 1.0},
       "distill": {"teacher": "", "teacher_embeddings": "", "embedding_weight": 0.0, "embedding_loss": "cosine",
                   "similarity_weight": 0.0}})
   step = jit_train_step(run, config, optimizer, schedule, abstract, mesh)
-  # Each batch is cut to the bucket of its longest query / document, as data.length_buckets does.
+  # Each batch is cut to the bucket of its longest query / document, as data.length_buckets does,
+  # or sorted by its rows' longest text into length groups, each cut to its own bucket.
   tok = Tokenizer(info.tokenizer_file, max_length, buckets=tuple(buckets))
   batches = []
   for start in range(0, len(rows) - batch_size + 1, batch_size):
-    chunk = rows[start:start + batch_size]
-    queries = tok.encode([r["query"] for r in chunk])[0]
-    positives = tok.encode([r["positive"] for r in chunk])[0]
-    negatives = tok.encode([r["negative"] for r in chunk])[0]
-    doc_length = tok.bucket(max(len(x) for x in positives + negatives))
-    q = tok.pad(queries)
-    p = tok.pad(positives, length=doc_length)
-    n = tok.pad(negatives, length=doc_length)
-    batches.append({
-        "query_ids": q.input_ids, "query_mask": q.attention_mask,
-        "positive_ids": p.input_ids, "positive_mask": p.attention_mask,
-        "negative_ids": n.input_ids[:, None], "negative_mask": n.attention_mask[:, None],
-        "negative_valid": np.ones((batch_size, 1), bool),
-        "query_key": np.arange(batch_size, dtype=np.int32) + start,
-        "positive_key": np.arange(batch_size, dtype=np.int32) + start + 10**6})
+    texts = {k: tok.encode([r[k] for r in rows[start:start + batch_size]])[0]
+             for k in ("query", "positive", "negative")}
+    longest = [max(len(t[i]) for t in texts.values()) for i in range(batch_size)]
+    order = np.argsort(longest, kind="stable") if length_groups > 1 else np.arange(batch_size)
+    groups = []
+    for part in np.split(order, length_groups):
+      q, p, n = ([texts[k][i] for i in part] for k in ("query", "positive", "negative"))
+      doc_length = tok.bucket(max(len(x) for x in p + n))
+      q, p, n = tok.pad(q), tok.pad(p, length=doc_length), tok.pad(n, length=doc_length)
+      groups.append({
+          "query_ids": q.input_ids, "query_mask": q.attention_mask,
+          "positive_ids": p.input_ids, "positive_mask": p.attention_mask,
+          "negative_ids": n.input_ids[:, None], "negative_mask": n.attention_mask[:, None],
+          "negative_valid": np.ones((len(part), 1), bool),
+          "query_key": (part + start).astype(np.int32),
+          "positive_key": (part + start + 10**6).astype(np.int32)})
+    batches.append(groups[0] if length_groups == 1 else tuple(groups))
   batches = [jax.device_put(b, sharding.batch_sharding(mesh)) for b in batches]
-  step_flops = [flops.train_flops_per_step(config, batch_size, b["query_ids"].shape[1],
-                                           b["positive_ids"].shape[1], 1) for b in batches]
+  step_flops = [sum(flops.train_flops_per_step(config, batch_size // length_groups, q, d, 1)
+                    for q, d in batch_schema.text_lengths(b)) for b in batches]
   peak = flops.peak_flops_per_device() * jax.device_count()
   return state, step, batches, step_flops, peak

@@ -14,11 +14,13 @@ def run(args) -> dict:
   """Training examples/s (and MFU), gembed vs sentence-transformers on the same batches."""
   import jax
 
+  from gembed import batch as batch_schema
+
   dims = mrl_dims(model_dir(args))
   rows = read_rows(args.triples, args.batch_size * (args.steps + 1))
   state, step, batches, step_flops, peak = train_setup(
       model_dir(args), rows, args.batch_size, args.max_length, dims, args.grad_cache_chunk,
-      args.buckets, args.dropout)
+      args.buckets, args.dropout, args.length_groups)
   for batch in batches:  # compile every bucket pair once, outside the timing
     state, metrics = step(state, batch)
   jax.block_until_ready(metrics)
@@ -27,12 +29,12 @@ def run(args) -> dict:
             "grad_cache_chunk": args.grad_cache_chunk, "dropout": args.dropout,
             "allocator": ("tcmalloc" if "tcmalloc" in os.environ.get("LD_PRELOAD", "")
                           else "the system's malloc"),  # both sides: one process
-            "gembed_padding": f"length buckets {tuple(args.buckets)} per batch",
-            "step_shapes": sorted({(b["query_ids"].shape[1], b["positive_ids"].shape[1])
-                                   for b in batches})}
+            "gembed_padding": (f"length buckets {tuple(args.buckets)} per batch"
+                               + (f", {args.length_groups} length groups" if args.length_groups > 1 else "")),
+            "step_shapes": sorted({tuple(batch_schema.text_lengths(b)) for b in batches})}
   # Tokens each step runs the encoder on, padding included: the work the padding policy sets.
-  ours_tokens = [sum(b[k].size for k in ("query_ids", "positive_ids", "negative_ids"))
-                 for b in batches[1:]]
+  ours_tokens = [sum(g[k].size for g in batch_schema.row_groups(b)
+                     for k in ("query_ids", "positive_ids", "negative_ids")) for b in batches[1:]]
   result["gembed_padded_tokens_per_step"] = statistics.mean(ours_tokens)
   if args.no_peer:  # gembed alone (an accelerator image without torch)
     times, achieved = [], []

@@ -130,7 +130,8 @@ def _whole_activations(gathers) -> list:
       (len(shape) >= 3 and shape[0] == GLOBAL_BATCH) or shape[0] in every_token)]
 
 
-@pytest.mark.parametrize("shape", [(8, 1, 1), (1, 8, 1), (4, 1, 2)], ids=["data", "fsdp", "data_tensor"])
+@pytest.mark.parametrize("shape", [(8, 1, 1), (1, 8, 1), (4, 1, 2), (2, 2, 2)],
+                         ids=["data", "fsdp", "data_tensor", "data_fsdp_tensor"])
 def test_compiled_step_keeps_activations_batch_sharded(shape):
   hlo = _compiled_hlo(shape)
   gathers = _all_gathers(hlo)
@@ -141,9 +142,11 @@ def test_compiled_step_keeps_activations_batch_sharded(shape):
   # ...but no layer's activations are: each device keeps its own rows through the encoder.
   assert not _whole_activations(gathers), gathers
   if shape[1] > 1:  # fsdp: weights are stored sharded and gathered where they are used, as the
-    # 2-D matmul operands of the dense layers (lora.matmul_2d: attention's heads dims merged)
-    assert (CONFIG.hidden_size, CONFIG.intermediate_size) in shapes, shapes
-    assert (CONFIG.hidden_size, CONFIG.num_heads * CONFIG.head_dim) in shapes, shapes
+    # 2-D matmul operands of the dense layers (lora.matmul_2d: attention's heads dims merged),
+    # each device's tensor-axis slice of them
+    tensor = shape[2]
+    assert (CONFIG.hidden_size, CONFIG.intermediate_size // tensor) in shapes, shapes
+    assert (CONFIG.hidden_size, CONFIG.num_heads * CONFIG.head_dim // tensor) in shapes, shapes
   if shape[2] > 1:  # tensor: row-parallel projections end in an all-reduce of partial sums
     assert "all-reduce" in hlo
 

@@ -65,6 +65,25 @@ class Dropout(nn.Module):
     return jnp.where(draws >= drop, x * scale, jnp.zeros_like(x))
 
 
+class Embed(nn.Embed):
+  """A lookup table of logical axes (row_axis, "embed"), gathered over fsdp before the lookup,
+  as FSDP gathers every weight where it is used. Looked up in a table split on its embed dim,
+  the rows come out split on hidden, and XLA cannot re-split them by batch without first
+  gathering every row's activations on every device (it did on a data x fsdp x tensor mesh:
+  tests/test_sharding.py)."""
+
+  row_axis: str | None = None
+
+  def __call__(self, inputs):
+    table = sharding.constrain(self.embedding, (self.row_axis, None))
+    return jnp.take(table, inputs, axis=0)
+
+
+def embed(num_embeddings: int, features: int, row_axis: str | None, name: str) -> Embed:
+  return Embed(num_embeddings, features, embedding_init=_dense_init((row_axis, "embed")),
+               row_axis=row_axis, name=name)
+
+
 def layer_norm(eps: float, name: str) -> nn.LayerNorm:
   return nn.LayerNorm(
       epsilon=eps,
@@ -161,15 +180,10 @@ class BertEncoder(nn.Module):
   def __call__(self, input_ids, attention_mask, deterministic: bool = True):
     cfg = self.config
     positions = jnp.arange(input_ids.shape[1])[None, :]
-    embed = functools.partial(nn.Embed, features=cfg.hidden_size,
-                              embedding_init=_dense_init(("vocab", "embed")))
-    x = embed(cfg.vocab_size, name="token_embed")(input_ids)
-    x = x + nn.Embed(cfg.max_position, cfg.hidden_size,
-                     embedding_init=_dense_init((None, "embed")), name="position_embed")(positions)
+    x = embed(cfg.vocab_size, cfg.hidden_size, "vocab", "token_embed")(input_ids)
+    x = x + embed(cfg.max_position, cfg.hidden_size, None, "position_embed")(positions)
     # Single-segment inputs: every token has type 0.
-    x = x + nn.Embed(cfg.type_vocab_size, cfg.hidden_size,
-                     embedding_init=_dense_init((None, "embed")), name="type_embed")(
-                         jnp.zeros_like(input_ids))
+    x = x + embed(cfg.type_vocab_size, cfg.hidden_size, None, "type_embed")(jnp.zeros_like(input_ids))
     x = layer_norm(cfg.layer_norm_eps, name="embed_norm")(x)
     x = Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     x = sharding.constrain(x, ("batch", "length", "embed"))

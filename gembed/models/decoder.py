@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from gembed import sharding
 from gembed.models import lora
-from gembed.models.bert import _dense_init, _ones, _zeros, activation, attend, run_layers
+from gembed.models.bert import _ones, _zeros, activation, attend, embed, run_layers
 from gembed.models.config import ModelConfig
 
 
@@ -105,8 +105,7 @@ class DecoderEncoder(nn.Module):
     del deterministic  # LLM checkpoints train without dropout; none is applied here
     cfg = self.config
     dtype = jnp.dtype(cfg.compute_dtype)
-    x = nn.Embed(cfg.vocab_size, cfg.hidden_size, embedding_init=_dense_init(("vocab", "embed")),
-                 name="token_embed")(input_ids).astype(dtype)
+    x = embed(cfg.vocab_size, cfg.hidden_size, "vocab", "token_embed")(input_ids).astype(dtype)
     if cfg.family == "gemma":
       x = x * jnp.asarray(cfg.hidden_size ** 0.5, dtype)  # rounded to the compute dtype, as Gemma
     # Right padding: real tokens sit at positions 0..n-1 whatever the padding.

@@ -56,6 +56,12 @@ def row_groups(batch) -> list[dict]:
   return list(batch) if isinstance(batch, (tuple, list)) else [batch]
 
 
+def from_groups(groups: list[dict]):
+  """The batch of these row groups: the lone dict for one group, else a tuple (`row_groups`'s
+  inverse)."""
+  return groups[0] if len(groups) == 1 else tuple(groups)
+
+
 def merged_rows(batch) -> dict:
   """Every field but the token ids and masks over all rows of the batch, groups in order: what
   the loss reads beside the embeddings (identity keys, hard-negative validity, teacher

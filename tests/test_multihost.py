@@ -4,8 +4,8 @@ one task per global batch. One process is killed after a checkpoint, both are re
 resume; the end equals the one-process eight-device run of the same global batches (the
 two hosts' batches side by side, as `make_array_from_process_local_data` lays them out).
 
-Meshes: data x fsdp straight through (its batches sorted into two length groups), data x tensor
-killed and resumed. Length buckets are on: texts of varied lengths, so on some steps the hosts'
+One run on a data x fsdp x tensor mesh, its batches sorted into two length groups, killed and
+resumed. Length buckets are on: texts of varied lengths, so on some steps the hosts'
 own buckets differ and they must agree (per group).
 What `launch/tpu_run.sh` does across TPU hosts, here with processes; the same command by hand
 is in docs/tpu.md."""
@@ -137,7 +137,7 @@ def _one_process_reference(config):
       padded = [batch_schema.pad_lengths(batch_schema.row_groups(b)[index], *group_lengths,
                                          sources[0].pad_id) for b in batches]
       groups.append({k: np.concatenate([p[k] for p in padded]) for k in padded[0]})
-    batch = groups[0] if len(groups) == 1 else tuple(groups)
+    batch = batch_schema.from_groups(groups)
     state, _ = step(state, jax.device_put(batch, sharding.batch_sharding(mesh)))
   return jax.device_get(state.params), task_steps, disagreed
 
@@ -147,27 +147,16 @@ def _flat(params):
 
 
 @pytest.mark.slow
-def test_two_processes_equal_one(setup, varied_data, tmp_path):  # noqa: F811
-  """Two hosts x four devices on a data x fsdp mesh (2, 4, 1), straight through, each host's
-  batches sorted into two length groups (data.length_groups; 8 rows a group), equal one host
-  x eight devices. (The kill test below covers the data x tensor mesh; a pure data mesh adds
-  nothing the data axis here does not show, and each two-process run costs minutes.)"""
-  model, _ = setup
-  overrides = dict(_overrides(model, varied_data, "data_fsdp"), **{
-      "data.length_groups": 2, "data.global_batch_size": 16})
-  logs = tmp_path / "logs"
-  logs.mkdir()
-  assert _wait(_start_hosts(tmp_path / "w", overrides, str(logs))) == [0, 0], _logs(str(logs))
-  _assert_equals_reference(tmp_path / "w", overrides)
-
-
-@pytest.mark.slow
 def test_one_host_killed_both_resume(setup, varied_data, tmp_path):  # noqa: F811
-  """Data x tensor mesh. Process 1 is SIGKILLed after the first checkpoint (process 0, stuck in
-  a collective, is killed too, as a job scheduler would); restarted, both resume from that
-  checkpoint, each with its own data iterator, and end equal to one host x eight devices."""
+  """Two hosts x four devices on a data x fsdp x tensor mesh (2, 2, 2), each host's batches
+  sorted into two length groups (data.length_groups; 8 rows a group). Process 1 is SIGKILLed
+  after the first checkpoint (process 0, stuck in a collective, is killed too, as a job
+  scheduler would); restarted, both resume from that checkpoint, each with its own data
+  iterator, and end equal to one host x eight devices. (One run covers every axis: each
+  two-process run costs minutes.)"""
   model, _ = setup
-  overrides = _overrides(model, varied_data, "data_tensor")
+  overrides = dict(_overrides(model, varied_data, "2,2,2"), **{
+      "data.length_groups": 2, "data.global_batch_size": 16})
   logs = tmp_path / "logs"
   logs.mkdir()
   workdir = tmp_path / "killed"
@@ -182,7 +171,10 @@ def test_one_host_killed_both_resume(setup, varied_data, tmp_path):  # noqa: F81
   assert killed_at and killed_at[-1] < STEPS, f"not killed mid-run: {killed_at}"
 
   assert _wait(_start_hosts(workdir, overrides, str(logs))) == [0, 0], _logs(str(logs))
-  assert f"resumed from step {killed_at[-1]}" in _logs(str(logs))
+  full_logs = "".join(open(path).read() for path in logs.iterdir())
+  assert f"resumed from step {killed_at[-1]}" in full_logs
+  # Sharding by construction across hosts: XLA never falls back to gathering whole activations.
+  assert "Involuntary full rematerialization" not in full_logs
   _assert_equals_reference(workdir, overrides)
 
 

@@ -200,6 +200,6 @@ def shared_lengths(pad_id: int, timeout_s: int = 600) -> Callable[[dict, int], d
     agreed = lengths.max(axis=0).reshape(-1, 2)
     padded = [batch_schema.pad_lengths(group, *group_lengths, pad_id)
               for group, group_lengths in zip(batch_schema.row_groups(batch), agreed)]
-    return tuple(padded) if isinstance(batch, tuple) else padded[0]
+    return batch_schema.from_groups(padded)
 
   return agree

@@ -95,7 +95,7 @@ def train_setup(model_dir, rows, batch_size, max_length, dims, grad_cache_chunk=
           "negative_valid": np.ones((len(part), 1), bool),
           "query_key": (part + start).astype(np.int32),
           "positive_key": (part + start + 10**6).astype(np.int32)})
-    batches.append(groups[0] if length_groups == 1 else tuple(groups))
+    batches.append(batch_schema.from_groups(groups))
   batches = [jax.device_put(b, sharding.batch_sharding(mesh)) for b in batches]
   step_flops = [sum(flops.train_flops_per_step(config, batch_size // length_groups, q, d, 1)
                     for q, d in batch_schema.text_lengths(b)) for b in batches]

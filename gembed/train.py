@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import resource
 import signal
 import time
 
@@ -216,6 +217,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         metrics["tokens_per_second_per_device"] = window_tokens / elapsed / jax.device_count()
         if peak:
           metrics["mfu"] = window_flops / elapsed / peak
+        # this host's peak resident memory so far (Linux: KiB): a step's host footprint
+        metrics["host_memory_peak_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         timer_step, timer = done, time.perf_counter()
         window_flops = window_tokens = 0.0
         last_metrics = metrics

@@ -99,9 +99,9 @@ def test_encode_prints_only_its_own_line(tmp_path):
   assert out.stderr.splitlines() == [f"wrote 1 x 384 float32 embeddings to {tmp_path / 'o.npy'}"]
 
 
-def test_shell_commands_restart_with_tcmalloc_when_the_system_has_it():
-  """startup.preload_tcmalloc re-executes the process once with tcmalloc preloaded (same
-  arguments); GEMBED_TCMALLOC=0 keeps the system's malloc."""
+def test_shell_commands_restart_with_tcmalloc_when_asked():
+  """With GEMBED_TCMALLOC=1 startup.preload_tcmalloc re-executes the process once with tcmalloc
+  preloaded (same arguments); by default, and with 0, the system's malloc stays."""
   import ctypes.util
 
   from gembed.cli import startup
@@ -111,8 +111,9 @@ def test_shell_commands_restart_with_tcmalloc_when_the_system_has_it():
           "print('tcmalloc' in open('/proc/self/maps').read(), sys.argv[1:])")
   env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "GEMBED_TCMALLOC")}
   env["PYTHONPATH"] = ROOT
-  for switch, loaded in (("1", True), ("0", False)):
+  for switch, loaded in (("1", True), ("0", False), (None, False)):
     out = subprocess.run([sys.executable, "-c", code, "an argument"], capture_output=True,
-                         text=True, timeout=60, env=dict(env, GEMBED_TCMALLOC=switch))
+                         text=True, timeout=60,
+                         env=dict(env, **({"GEMBED_TCMALLOC": switch} if switch else {})))
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"{loaded} ['an argument']"

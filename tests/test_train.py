@@ -70,6 +70,8 @@ def test_train_smoke_workdir_is_a_model(setup, tmp_path):
   steps = json.loads((workdir / "task_steps.json").read_text())
   assert sum(steps.values()) == 6 and set(steps) == {"snli", "xnli"}
   assert any(f.startswith("events") for f in os.listdir(workdir / "tensorboard"))
+  peak_memory = re.findall(r"host_memory_peak_gib=([0-9.]+)", result.stderr)  # logged per line
+  assert peak_memory and 0.1 < float(peak_memory[-1]) < 16, peak_memory
   # Stage 2 from stage 1: keeps the trained head, fresh optimizer, reads the workdir; its data
   # has a cut line and a line of invalid UTF-8, skipped under data.skip_bad_rows and named.
   bad_data = tmp_path / "bad-data"

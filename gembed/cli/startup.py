@@ -7,11 +7,15 @@ initialised, past any level; so the first import of TensorFlow runs with the pro
 (file descriptor 2) sent to /dev/null. Python loggers that only announce backends and plugins
 are raised to WARNING or ERROR. With `-v` none of this happens and everything is logged at DEBUG.
 
-Before all that, a command run from the shell restarts itself once with tcmalloc preloaded when
-the system has it (`apt install libtcmalloc-minimal4`; GEMBED_TCMALLOC=0 turns this off):
-XLA:CPU allocates each step's buffers afresh, and glibc's malloc hands large ones back to the
-system and faults them in again every step; tcmalloc keeps them (measured 1.5x the CPU train
-step, docs/benchmarks.md). Accelerator hosts gain too (TPU VM images preload it likewise).
+Before all that, with GEMBED_TCMALLOC=1 a command run from the shell restarts itself once with
+tcmalloc preloaded when the system has it (`apt install libtcmalloc-minimal4`). XLA:CPU
+allocates each step's temporaries afresh, as one buffer per execution (7.7 GiB for the recipe's
+fine-tune step); glibc's malloc maps and unmaps them, and faults them in again every step.
+tcmalloc keeps them, which made the CPU train step 1.17x-1.5x faster (two machines), but with
+steps of varying shapes it splits the large free spans and grows instead of reusing them: the
+recipe's fine-tune stage passed 20 GB resident where glibc peaks at 11.5, and was killed. Capping
+its heap made that step fail, returning every free span made it no faster than glibc (both
+measured, docs/benchmarks.md "Host memory"), so it is opt-in: for runs whose memory has room.
 """
 
 from __future__ import annotations
@@ -33,12 +37,12 @@ TCMALLOC_LIBRARIES = ("tcmalloc_minimal", "tcmalloc")  # as ctypes.util.find_lib
 
 
 def preload_tcmalloc() -> None:
-  """Re-executes this process (same interpreter, arguments and pid) with tcmalloc in LD_PRELOAD,
-  unless it is loaded already, absent, or GEMBED_TCMALLOC=0. Call first thing, from a shell
+  """With GEMBED_TCMALLOC=1, re-executes this process (same interpreter, arguments and pid) with
+  tcmalloc in LD_PRELOAD, unless it is loaded already or absent. Call first thing, from a shell
   entry point only (never inside another program's process)."""
   import ctypes.util
 
-  if os.environ.get("GEMBED_TCMALLOC") == "0" or "tcmalloc" in os.environ.get("LD_PRELOAD", ""):
+  if os.environ.get("GEMBED_TCMALLOC") != "1" or "tcmalloc" in os.environ.get("LD_PRELOAD", ""):
     return
   library = next(filter(None, map(ctypes.util.find_library, TCMALLOC_LIBRARIES)), None)
   if library is None:

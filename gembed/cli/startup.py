@@ -12,7 +12,7 @@ tcmalloc preloaded when the system has it (`apt install libtcmalloc-minimal4`). 
 allocates each step's temporaries afresh, as one buffer per execution (7.7 GiB for the recipe's
 fine-tune step); glibc's malloc maps and unmaps them, and faults them in again every step.
 tcmalloc keeps them, which made the CPU train step 1.17x-1.5x faster (two machines), but with
-steps of varying shapes it splits the large free spans and grows instead of reusing them: the
+steps of varying shapes it grows instead of reusing its large free spans (likely fragmentation): the
 recipe's fine-tune stage passed 20 GB resident where glibc peaks at 11.5, and was killed. Capping
 its heap made that step fail, returning every free span made it no faster than glibc (both
 measured, docs/benchmarks.md "Host memory"), so it is opt-in: for runs whose memory has room.

@@ -91,6 +91,8 @@ def get_base_config():
   c.data.tasks = []  # list of common.task(...)
   c.data.mixing = "proportional"  # proportional | temperature | explicit (task rates)
   c.data.mixing_temperature = 1.0  # for mixing = "temperature": rate ~ size ** (1 / T)
+  c.data.task_order = "random"  # random (a draw per step) | stratified (each task's share of
+  #                              every window of steps follows its rate within about one step)
   c.data.global_batch_size = 64  # rows per step over all hosts; one task per step
   c.data.query_length = 64  # tokens per query (with prompt), static for jit
   c.data.document_length = 128  # tokens per positive / hard negative

@@ -32,18 +32,20 @@ def stage_rows(stage):
   return rows, rates
 
 
-def batches(rows, rates, steps: int, batch_size: int, with_negative: bool, seed: int):
-  """`steps` batches of `batch_size` rows, each from one task; each task's rows are shuffled
-  and cycled. Rows are (query, positive[, negative]) text tuples; for stage 2 only rows with a
+def batches(rows, rates, steps: int, batch_size: int, with_negative: bool, seed: int,
+            task_order: str = "random"):
+  """`steps` batches of `batch_size` rows, each from one task in gembed's order of tasks
+  (gembed.data.mixture.task_choices); each task's rows are shuffled and cycled. Rows are (query, positive[, negative]) text tuples; for stage 2 only rows with a
   negative (MultipleNegativesRankingLoss takes one column per text)."""
+  from gembed.data.mixture import task_sequence
+
   rng = np.random.default_rng(seed)
   orders, cursors = [], []
   for _, r in rows:
     keep = np.flatnonzero(r.negative_valid[:, 0]) if with_negative else np.arange(len(r))
     orders.append(rng.permutation(keep))
     cursors.append(0)
-  for _ in range(steps):
-    t = int(rng.choice(len(rows), p=rates))
+  for t in task_sequence(rates, seed, task_order, steps):
     take = [orders[t][(cursors[t] + i) % len(orders[t])] for i in range(batch_size)]
     cursors[t] += batch_size
     r = rows[t][1]
@@ -82,7 +84,7 @@ def train_peer(init_dir: str, stages, dims, output: str, *, learning_rate: float
     rows, rates = stage_rows(stage)
     with_negative = stage.data.num_negatives > 0
     for batch in batches(rows, rates, stage.train.steps, stage.data.global_batch_size,
-                         with_negative, seed + index):
+                         with_negative, seed + index, stage.data.task_order):
       columns = [features([row[k] for row in batch]) for k in range(len(batch[0]))]
       loss = loss_fn(columns, None)
       optimizer.zero_grad()

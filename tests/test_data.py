@@ -30,7 +30,7 @@ def _task_files(tmp_path):
 
 
 def _mixture(tmp_path, minilm, seed=0, rates=(0.5, 0.3, 0.2), batch=4, length_buckets=(),
-             length_groups=1, files=None):
+             length_groups=1, files=None, task_order="random"):
   info, _ = minilm
   files = files or _task_files(tmp_path)
   specs = [sources.TaskSpec(f"t{i}", (f,), prompt_task="search result", rate=r)
@@ -42,7 +42,7 @@ def _mixture(tmp_path, minilm, seed=0, rates=(0.5, 0.3, 0.2), batch=4, length_bu
   ds = mixture.make_mixture(registered, rates, host_batch_size=batch, seed=seed, shard_index=0,
                             num_shards=1, shuffle_buffer=64, query_length=16, document_length=24,
                             num_negatives=1, pad_id=0, length_buckets=length_buckets,
-                            length_groups=length_groups)
+                            length_groups=length_groups, task_order=task_order)
   return info, ds
 
 
@@ -51,8 +51,9 @@ def _decode_batch(tokenizer, batch):
           for ids, mask in zip(batch["query_ids"].numpy(), batch["query_mask"].numpy())]
 
 
-def test_every_batch_is_one_task_and_rates_hold(tmp_path, minilm):
-  info, ds = _mixture(tmp_path, minilm)
+@pytest.mark.parametrize("task_order", ["random", "stratified"])
+def test_every_batch_is_one_task_and_rates_hold(tmp_path, minilm, task_order):
+  info, ds = _mixture(tmp_path, minilm, task_order=task_order)
   tok = Tokenizer(info.tokenizer_file, 16)
   counts = collections.Counter()
   for batch in ds.take(400):
@@ -140,9 +141,30 @@ def test_length_groups_sort_rows_and_cut_each_group(tmp_path, minilm):
     _mixture(tmp_path, minilm, rates=(1.0,), batch=8, files=files, length_groups=2)
 
 
-def test_same_seed_same_stream_and_exact_restore(tmp_path, minilm):
-  _, ds1 = _mixture(tmp_path, minilm, seed=3)
-  _, ds2 = _mixture(tmp_path, minilm, seed=3)
+def test_stratified_order_follows_the_rates_in_every_window():
+  rates = np.array([0.3, 0.2, 0.15] + [0.35 / 5] * 5)  # 8 tasks, five at 7%
+  n = 60
+  worst = {}
+  for order in ("random", "stratified"):
+    worst[order] = 0.0
+    for seed in range(8):
+      tasks = mixture.task_sequence(rates, seed, order, 400)
+      assert tasks.min() >= 0 and tasks.max() < len(rates)
+      for start in range(0, 400 - n, 20):
+        counts = np.bincount(tasks[start:start + n], minlength=len(rates))
+        worst[order] = max(worst[order], np.abs(counts - n * rates).max())
+  assert worst["stratified"] <= 2.0, worst  # a low-discrepancy sequence: within about one step
+  assert worst["random"] > 5.0, worst  # what it fixes: a draw per step misses by several steps
+  a, b = mixture.task_sequence(rates, 1, "stratified", 50), mixture.task_sequence(rates, 2, "stratified", 50)
+  assert not np.array_equal(a, b)  # the seed moves the order
+  with pytest.raises(ValueError, match="task_order 'sorted'"):
+    mixture.task_choices(rates, 0, "sorted")
+
+
+@pytest.mark.parametrize("task_order", ["random", "stratified"])
+def test_same_seed_same_stream_and_exact_restore(tmp_path, minilm, task_order):
+  _, ds1 = _mixture(tmp_path, minilm, seed=3, task_order=task_order)
+  _, ds2 = _mixture(tmp_path, minilm, seed=3, task_order=task_order)
   it1, it2 = iter(ds1), iter(ds2)
   for _ in range(5):
     a, b = next(it1), next(it2)
@@ -150,7 +172,7 @@ def test_same_seed_same_stream_and_exact_restore(tmp_path, minilm):
   checkpoint = tf.train.Checkpoint(iterator=it1)
   path = checkpoint.write(str(tmp_path / "it" / "ckpt"))
   expected = [next(it1) for _ in range(6)]
-  _, ds3 = _mixture(tmp_path, minilm, seed=3)
+  _, ds3 = _mixture(tmp_path, minilm, seed=3, task_order=task_order)
   it3 = iter(ds3)
   tf.train.Checkpoint(iterator=it3).read(path).assert_consumed()
   for want in expected:
@@ -158,7 +180,7 @@ def test_same_seed_same_stream_and_exact_restore(tmp_path, minilm):
     assert int(got["task_index"]) == int(want["task_index"])
     np.testing.assert_array_equal(got["query_ids"], want["query_ids"])
     np.testing.assert_array_equal(got["negative_ids"], want["negative_ids"])
-  _, other = _mixture(tmp_path, minilm, seed=4)
+  _, other = _mixture(tmp_path, minilm, seed=4, task_order=task_order)
   assert any(not np.array_equal(next(iter(other))["query_ids"], e["query_ids"]) for e in expected[:1])
 
 

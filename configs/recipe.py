@@ -79,14 +79,12 @@ def _stage(steps, batch, tasks, num_negatives, lr, warmup):
   c.data.length_buckets = (32, 64, 128)  # at most 2 x 3 step shapes to compile
   c.data.mixing = "temperature"
   c.data.mixing_temperature = 2.0
-  c.data.task_order = "stratified"  # each task gets its rate's share of the few steps
   c.prompts.query = ""  # MiniLM was trained without prompts; evaluation stays prompt-free
   c.prompts.document = ""
   c.optim.learning_rate = lr
   c.optim.warmup_steps = warmup
   c.optim.total_steps = steps
   c.optim.projection_lr_multiplier = 10.0  # the fitted head moves, but is not scrambled
-  c.loss.mrl_weights = (1.0, 1.0, 2.0)  # the 96-d prefix counts twice
   c.ckpt.every = steps
   c.train.log_every = 10
   return c

@@ -34,9 +34,11 @@ def stage_rows(stage):
 
 def batches(rows, rates, steps: int, batch_size: int, with_negative: bool, seed: int,
             task_order: str = "random"):
-  """`steps` batches of `batch_size` rows, each from one task in gembed's order of tasks
-  (gembed.data.mixture.task_choices); each task's rows are shuffled and cycled. Rows are (query, positive[, negative]) text tuples; for stage 2 only rows with a
-  negative (MultipleNegativesRankingLoss takes one column per text)."""
+  """`steps` batches of `batch_size` rows, each from one task: a seeded draw per step at the
+  mixture's rates, or with task_order "stratified" gembed's own order of tasks
+  (gembed.data.mixture.task_choices); each task's rows are shuffled and cycled. Rows are
+  (query, positive[, negative]) text tuples; for stage 2 only rows with a negative
+  (MultipleNegativesRankingLoss takes one column per text)."""
   from gembed.data.mixture import task_sequence
 
   rng = np.random.default_rng(seed)
@@ -45,7 +47,9 @@ def batches(rows, rates, steps: int, batch_size: int, with_negative: bool, seed:
     keep = np.flatnonzero(r.negative_valid[:, 0]) if with_negative else np.arange(len(r))
     orders.append(rng.permutation(keep))
     cursors.append(0)
-  for t in task_sequence(rates, seed, task_order, steps):
+  tasks = (task_sequence(rates, seed, task_order, steps) if task_order == "stratified"
+           else rng.choice(len(rows), size=steps, p=rates))
+  for t in tasks:
     take = [orders[t][(cursors[t] + i) % len(orders[t])] for i in range(batch_size)]
     cursors[t] += batch_size
     r = rows[t][1]

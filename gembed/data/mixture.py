@@ -53,7 +53,7 @@ def task_choices(rates: np.ndarray, seed: int, order: str = "random"):
   "random": an independent draw per step. "stratified": the step's point on a golden-ratio
   sequence (offset by the seed) picks the task whose share of [0, 1) holds it, so every window
   of n steps gives each task n x rate steps within about one; at small budgets the random draw
-  does not (60 steps at rate 1/16 gave one seed 1 step and another 7)."""
+  does not (60 steps at rate 0.074, 4.4 expected, gave one seed 1 step and another 7)."""
   if order == "random":
     logits = tf.math.log(tf.constant(rates, tf.float32))[None, :]
     pick = lambda step: tf.cast(tf.random.stateless_categorical(

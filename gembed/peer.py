@@ -35,8 +35,8 @@ def stage_rows(stage):
 def batches(rows, rates, steps: int, batch_size: int, with_negative: bool, seed: int,
             task_order: str = "random"):
   """`steps` batches of `batch_size` rows, each from one task: a seeded draw per step at the
-  mixture's rates, or with task_order "stratified" gembed's own order of tasks
-  (gembed.data.mixture.task_choices); each task's rows are shuffled and cycled. Rows are
+  mixture's rates, or with task_order "stratified" gembed's stratified order
+  (gembed.data.mixture.task_choices, with the peer's seed); each task's rows are shuffled and cycled. Rows are
   (query, positive[, negative]) text tuples; for stage 2 only rows with a negative
   (MultipleNegativesRankingLoss takes one column per text)."""
   from gembed.data.mixture import task_sequence

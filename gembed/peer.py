@@ -36,9 +36,9 @@ def batches(rows, rates, steps: int, batch_size: int, with_negative: bool, seed:
             task_order: str = "random"):
   """`steps` batches of `batch_size` rows, each from one task: a seeded draw per step at the
   mixture's rates, or with task_order "stratified" gembed's stratified order
-  (gembed.data.mixture.task_choices, with the peer's seed); each task's rows are shuffled and cycled. Rows are
-  (query, positive[, negative]) text tuples; for stage 2 only rows with a negative
-  (MultipleNegativesRankingLoss takes one column per text)."""
+  (gembed.data.mixture.task_choices, with the peer's seed); each task's rows are shuffled and
+  cycled. Rows are (query, positive[, negative]) text tuples; for stage 2 only rows with a
+  negative (MultipleNegativesRankingLoss takes one column per text)."""
   from gembed.data.mixture import task_sequence
 
   rng = np.random.default_rng(seed)

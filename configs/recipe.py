@@ -84,7 +84,7 @@ def _stage(steps, batch, tasks, num_negatives, lr, warmup):
   c.optim.learning_rate = lr
   c.optim.warmup_steps = warmup
   c.optim.total_steps = steps
-  c.optim.projection_lr_multiplier = 10.0  # the fitted head moves, but is not scrambled
+  c.optim.projection_lr_multiplier = 5.0  # head 1e-4: the fitted head moves, but is not scrambled
   c.ckpt.every = steps
   c.train.log_every = 10
   return c
@@ -110,7 +110,7 @@ def get_config(arg=None):
   c.head.batch_size = 64
   c.head.seed = 0
 
-  c.stage1 = _stage(steps=60, batch=64, tasks=stage1_tasks(), num_negatives=0, lr=1e-5, warmup=6)
+  c.stage1 = _stage(steps=60, batch=64, tasks=stage1_tasks(), num_negatives=0, lr=2e-5, warmup=6)
   c.stage1.model.init = c.get_ref("init")
 
   c.mine = ml_collections.ConfigDict()
@@ -122,7 +122,7 @@ def get_config(arg=None):
   c.mine.max_length = 128
   c.mine.batch_size = 64
 
-  c.finetune = _stage(steps=60, batch=64, tasks=finetune_tasks(), num_negatives=1, lr=1e-5,
+  c.finetune = _stage(steps=60, batch=64, tasks=finetune_tasks(), num_negatives=1, lr=2e-5,
                       warmup=6)
   c.finetune.eval.every = 30  # dev evaluation picks each ingredient's best checkpoint
   c.finetune.loss.prefix_distill = 1.0  # the MRL prefixes also learn the full width's ranking

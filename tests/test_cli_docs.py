@@ -1,6 +1,6 @@
 """docs/cli.md names every command and flag that the parsers define: the `gembed` argparse
 tree, and the absl flags of `python -m gembed.main` (= `gembed train`), `gembed aot` and
-`gembed teacher-embed`, which answer --help."""
+`gembed teacher-embed`, which answer --help and name their missing flags."""
 
 import argparse
 import os
@@ -66,3 +66,16 @@ def test_absl_commands_answer_help(capsys):
       assert e.code == 0, command
     out = capsys.readouterr().out
     assert out.startswith(f"usage: gembed {command}") and "--config" in out, command
+
+
+def test_absl_commands_name_their_missing_flags(capsys):
+  # Each absl command refuses a missing --config (and its own required flag) by name, status 2.
+  for args, message in ((["train"], "--config and --workdir are required"),
+                        (["train", "--config", os.path.join(ROOT, "configs", "demo.py")],
+                         "--config and --workdir are required"),
+                        (["recipe", "--workdir", "w"], "--config and --workdir are required"),
+                        (["aot"], "--config is required"),
+                        (["teacher-embed", "--config", os.path.join(ROOT, "configs", "distill.py")],
+                         "--config and --out are required")):
+    assert cli.main(args) == 2, args
+    assert f"gembed {args[0]}: {message}" in capsys.readouterr().err, args

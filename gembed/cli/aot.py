@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 
-from gembed.cli import startup, train
+from gembed.cli import train
 
 
 def _gib(n: int) -> str:
@@ -41,13 +41,9 @@ def define_flags(argv: list[str] = ()):
 
 def run(argv: list[str]) -> int:
   flag_values = define_flags(argv)
-  if not train.parse(flag_values, argv):
-    return 2
-  config = flag_values["config"].value
+  config = train.parse_config(flag_values, argv)
   if config is None:
-    print(f"{argv[0]}: --config is required", file=sys.stderr)
     return 2
-  startup.configure(flag_values.verbose)
   import jax
 
   from gembed import sharding

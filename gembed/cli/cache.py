@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 
-from gembed.cli import startup, train
+from gembed.cli import train
 
 
 def add_parsers(sub) -> None:
@@ -36,13 +36,9 @@ def define_flags(argv: list[str] = ()):
 
 def run(argv: list[str]) -> int:
   flag_values = define_flags(argv)
-  if not train.parse(flag_values, argv):
-    return 2
-  config = flag_values["config"].value
+  config = train.parse_config(flag_values, argv)
   if config is None:
-    print(f"{argv[0]}: --config is required", file=sys.stderr)
     return 2
-  startup.configure(flag_values.verbose)
   from gembed.textio import InputError
   try:
     from gembed.tools.cache import write_cache

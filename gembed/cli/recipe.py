@@ -22,13 +22,10 @@ def add_parsers(sub) -> None:
 def run(argv: list[str], command: str) -> int:
   """`command`: "recipe" (gembed.recipe.run) or "quality" (gembed.tools.bench.quality.run)."""
   flag_values = train.define_flags(argv)
-  if not train.parse(flag_values, argv):
+  config = train.parse_config(flag_values, argv, "workdir")
+  if config is None:
     return 2
-  config, workdir = flag_values["config"].value, flag_values.workdir
-  if config is None or not workdir:
-    print(f"{argv[0]}: --config and --workdir are required", file=sys.stderr)
-    return 2
-  startup.configure(flag_values.verbose)
+  workdir = flag_values.workdir
   from gembed import recipe
   from gembed.textio import InputError
   from gembed.tools.bench import quality

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 
-from gembed.cli import startup, train
+from gembed.cli import train
 
 
 def add_parsers(sub) -> None:
@@ -31,13 +31,10 @@ def define_flags(argv: list[str] = ()):
 
 def run(argv: list[str]) -> int:
   flag_values = define_flags(argv)
-  if not train.parse(flag_values, argv):
+  config = train.parse_config(flag_values, argv, "out")
+  if config is None:
     return 2
-  config, out = flag_values["config"].value, flag_values.out
-  if config is None or not out:
-    print(f"{argv[0]}: --config and --out are required", file=sys.stderr)
-    return 2
-  startup.configure(flag_values.verbose)
+  out = flag_values.out
   from gembed.textio import InputError
   from gembed.tools.teacher_embed import teacher_embed
   try:

@@ -62,6 +62,21 @@ def parse(flag_values, argv: list[str]) -> bool:
   return True
 
 
+def parse_config(flag_values, argv: list[str], *required: str):
+  """Parses `argv` (`parse`), checks that --config and the `required` flags are set, and
+  configures the start-up output (-v); the config, or None with the message printed (the
+  command then exits with status 2)."""
+  if not parse(flag_values, argv):
+    return None
+  config = flag_values["config"].value
+  if config is None or not all(flag_values[name].value for name in required):
+    names = " and ".join(["--config", *(f"--{name}" for name in required)])
+    print(f"{argv[0]}: {names} {'are' if required else 'is'} required", file=sys.stderr)
+    return None
+  startup.configure(flag_values.verbose)
+  return config
+
+
 def define_flags(argv: list[str] = ()):
   """The trainer's flags on a fresh FlagValues: --config FILE[:ARG] (+ --config.a.b=v),
   --workdir, -v."""
@@ -77,13 +92,10 @@ def define_flags(argv: list[str] = ()):
 
 def run(argv: list[str]) -> int:
   flag_values = define_flags(argv)
-  if not parse(flag_values, argv):
+  config = parse_config(flag_values, argv, "workdir")
+  if config is None:
     return 2
-  config, workdir = flag_values["config"].value, flag_values.workdir
-  if config is None or not workdir:
-    print(f"{argv[0]}: --config and --workdir are required", file=sys.stderr)
-    return 2
-  startup.configure(flag_values.verbose)
+  workdir = flag_values.workdir
   from gembed import train
   from gembed.textio import InputError
   try:

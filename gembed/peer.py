@@ -66,6 +66,7 @@ def train_peer(init_dir: str, stages, dims, output: str, *, learning_rate: float
 
   torch.manual_seed(seed)
   base = SentenceTransformer(init_dir, device="cpu")
+  init_max_length = base.max_seq_length
   base.max_seq_length = max_length
   width = base.get_embedding_dimension()
   head = models.Dense(width, max(dims), activation_function=torch.nn.Identity())
@@ -99,5 +100,7 @@ def train_peer(init_dir: str, stages, dims, output: str, *, learning_rate: float
       step += 1
       if step % 10 == 0 or step == total:
         log.info("peer step %d/%d: loss %.4f", step, total, loss.item())
+  # Saved with the init's length: gembed evaluates the init and its own models at that length.
+  model.max_seq_length = init_max_length
   model.save(output)
   return output

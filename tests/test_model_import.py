@@ -83,3 +83,17 @@ def test_dense_module_becomes_projection(minilm_dir, tmp_path):
   texts = ["a short text", "another, somewhat longer sentence about embeddings"]
   ours = TextEncoder(info, params).encode(texts)
   np.testing.assert_allclose(ours, model.encode(texts), atol=1e-5)
+
+
+def test_max_length_is_the_one_sentence_transformers_reads_back(minilm_dir, tmp_path):
+  """sentence-transformers >= 5 saves the length in tokenizer_config.json only; gembed must read
+  the same length (it read the 512 of max_position before)."""
+  from sentence_transformers import SentenceTransformer
+
+  model = SentenceTransformer(minilm_dir, device="cpu")
+  model.max_seq_length = 96
+  model.save(str(tmp_path / "saved"))
+  assert SentenceTransformer(str(tmp_path / "saved"), device="cpu").max_seq_length == 96
+  info, _ = modeldir.load_model(str(tmp_path / "saved"))
+  assert info.max_length == 96
+  assert modeldir.load_model(minilm_dir)[0].max_length == 256  # sentence_bert_config.json's

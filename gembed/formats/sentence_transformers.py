@@ -88,6 +88,10 @@ def read_sentence_transformers(model_dir: str) -> SentenceTransformersInfo:
   bert_config_path = os.path.join(model_dir, "sentence_bert_config.json")
   if os.path.exists(bert_config_path):
     max_length = hf.read_json(bert_config_path).get("max_seq_length")
+  tokenizer_config_path = os.path.join(model_dir, "tokenizer_config.json")
+  if max_length is None and os.path.exists(tokenizer_config_path):
+    # sentence-transformers >= 5 saves the length only here and reads it back from here
+    max_length = hf.read_json(tokenizer_config_path).get("model_max_length")
   meta_path = os.path.join(model_dir, EXPORT_META)
   export_meta = hf.read_json(meta_path) if os.path.exists(meta_path) else None
   if not os.path.exists(modules_path):
